@@ -1,0 +1,20 @@
+"""modeling_vlp: vision-language pretraining models for transformers.
+
+Importing the package registers every config, model and processor with the transformers Auto classes.
+"""
+
+from .configuration_vlp import (
+    PRESETS,
+    VLPDualEncoderConfig,
+    VLPTextConfig,
+    VLPVisionConfig,
+    get_preset_config,
+    preset_names,
+)
+from .modeling_dual_encoder import VLPDualEncoderModel, VLPDualEncoderOutput, VLPTextModel, VLPVisionModel
+from .registration import register_auto_classes
+
+
+register_auto_classes()
+
+__version__ = "0.1.0"

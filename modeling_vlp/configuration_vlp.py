@@ -1,0 +1,286 @@
+"""Configurations of the modeling_vlp towers and families, and the named presets.
+
+A preset is the single source of truth for a known architecture: converting a published checkpoint means
+translating its config into a preset-shaped config, renaming its weights and proving parity.
+"""
+
+import copy
+import math
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+
+
+VISION_POOLINGS = ("cls", "mean", "attention")
+TEXT_POOLINGS = ("eos", "argmax", "first", "last", "mean")
+FINAL_NORMS = ("pooled", "all", "none")
+PROJECTIONS = ("linear", "none")
+LOSS_TYPES = ("softmax", "sigmoid")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def _check_heads(hidden_size: int, num_attention_heads: int) -> None:
+    if hidden_size % num_attention_heads != 0:
+        raise ValueError(
+            f"`hidden_size` ({hidden_size}) must be a multiple of `num_attention_heads` ({num_attention_heads})."
+        )
+
+
+@strict
+class VLPVisionConfig(PreTrainedConfig):
+    r"""A ViT image tower.
+
+    `pre_norm` picks pre-LN (CLIP, SigLIP) or post-LN (BERT-style) blocks; `pre_layernorm` adds CLIP's LayerNorm on
+    the embeddings before the encoder; `final_norm` applies the last LayerNorm to the pooled token only ("pooled",
+    CLIP), to every token ("all", SigLIP / open_clip) or not at all. `pooling` is the first token ("cls"), the mean
+    of the patch tokens ("mean") or a learned probe attending over all tokens ("attention", SigLIP's MAP head).
+    """
+
+    model_type = "vlp_vision"
+    base_config_key = "vision_config"
+
+    image_size: int = 224
+    patch_size: int = 32
+    num_channels: int = 3
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    qkv_bias: bool = True
+    pre_norm: bool = True
+    class_token: bool = True
+    patch_bias: bool = False
+    pre_layernorm: bool = True
+    final_norm: str = "pooled"
+    pooling: str = "cls"
+    initializer_range: float = 0.02
+
+    def validate_architecture(self):
+        _check_heads(self.hidden_size, self.num_attention_heads)
+        _check_choice("pooling", self.pooling, VISION_POOLINGS)
+        _check_choice("final_norm", self.final_norm, FINAL_NORMS)
+        if self.pooling == "cls" and not self.class_token:
+            raise ValueError("`pooling='cls'` needs `class_token=True`; use 'mean' or 'attention' without one.")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size}).")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@strict
+class VLPTextConfig(PreTrainedConfig):
+    r"""A transformer text tower.
+
+    `causal` picks a causal (CLIP) or bidirectional (BERT, SigLIP) encoder. `pooling` reads the first `eos_token_id`
+    ("eos"), the highest token id ("argmax", open_clip), the first ("first", BERT [CLS]) or last ("last", SigLIP)
+    position, or the masked mean ("mean"). `type_vocab_size > 0` adds BERT token-type embeddings and
+    `embedding_layernorm` BERT's LayerNorm on the embeddings; `final_layernorm` CLIP's LayerNorm after the encoder.
+    """
+
+    model_type = "vlp_text"
+    base_config_key = "text_config"
+
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    type_vocab_size: int = 0
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    qkv_bias: bool = True
+    pre_norm: bool = True
+    causal: bool = True
+    embedding_layernorm: bool = False
+    final_layernorm: bool = True
+    pooling: str = "eos"
+    pad_token_id: int | None = 1
+    bos_token_id: int | None = 49406
+    eos_token_id: int | None = 49407
+    initializer_range: float = 0.02
+
+    def validate_architecture(self):
+        _check_heads(self.hidden_size, self.num_attention_heads)
+        _check_choice("pooling", self.pooling, TEXT_POOLINGS)
+        if self.pooling == "eos" and self.eos_token_id is None:
+            raise ValueError("`pooling='eos'` needs an `eos_token_id`.")
+
+
+def _tower_config(value, default_class):
+    """A tower config from a config, a dict (our own or any transformers `model_type`) or None."""
+    if isinstance(value, PreTrainedConfig):
+        return value
+    if value is None:
+        return default_class()
+    value = dict(value)
+    model_type = value.get("model_type", default_class.model_type)
+    if model_type == default_class.model_type:
+        value.pop("model_type", None)
+        return default_class(**value)
+    value.pop("model_type", None)
+    return AutoConfig.for_model(model_type, **value)
+
+
+@strict
+class VLPDualEncoderConfig(PreTrainedConfig):
+    r"""Two towers and a contrastive head (CLIP, SigLIP, ALIGN, LiT).
+
+    Each tower is a `VLPVisionConfig` / `VLPTextConfig` or the config of any transformers model (a pretrained ViT,
+    BERT, ...). A tower's pooled output goes through a projection to `projection_dim` (`vision_projection` /
+    `text_projection` = "linear") or straight to the head ("none", SigLIP's vision tower). `loss_type` picks the
+    softmax InfoNCE loss (CLIP) or the pairwise sigmoid loss with a learned bias (SigLIP). The learned temperature
+    `exp(logit_scale)` is clamped to `logit_scale_max` (CLIP's 100) to keep training stable; None leaves it free.
+    `foreign_vision_pooling` / `foreign_text_pooling` say how to pool a tower that is not one of ours:
+    "pooler" (its `pooler_output`), "cls" (first token) or "mean" (masked mean of its last hidden state).
+    """
+
+    model_type = "vlp_dual_encoder"
+    sub_configs_defaults = {"vision_config": VLPVisionConfig, "text_config": VLPTextConfig}
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    projection_dim: int = 512
+    vision_projection: str = "linear"
+    text_projection: str = "linear"
+    projection_bias: bool = False
+    loss_type: str = "softmax"
+    logit_scale_init_value: float = 2.6592
+    logit_bias_init_value: float | None = None
+    logit_scale_max: float | None = 100.0
+    foreign_vision_pooling: str = "pooler"
+    foreign_text_pooling: str = "mean"
+    initializer_factor: float = 1.0
+
+    def __post_init__(self, **kwargs):
+        self.vision_config = _tower_config(self.vision_config, VLPVisionConfig)
+        self.text_config = _tower_config(self.text_config, VLPTextConfig)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice("vision_projection", self.vision_projection, PROJECTIONS)
+        _check_choice("text_projection", self.text_projection, PROJECTIONS)
+        _check_choice("foreign_vision_pooling", self.foreign_vision_pooling, ("pooler", "cls", "mean"))
+        _check_choice("foreign_text_pooling", self.foreign_text_pooling, ("pooler", "cls", "mean"))
+        for name in ("vision", "text"):
+            width = getattr(self, f"{name}_config").hidden_size
+            if getattr(self, f"{name}_projection") == "none" and width != self.projection_dim:
+                raise ValueError(
+                    f"`{name}_projection='none'` needs the {name} tower's hidden_size ({width}) to equal "
+                    f"`projection_dim` ({self.projection_dim})."
+                )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------------------
+
+_CLIP_TEXT = dict(
+    vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
+    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, causal=True, pooling="eos",
+    pad_token_id=1, bos_token_id=49406, eos_token_id=49407,
+)  # fmt: skip
+_CLIP_VISION = dict(
+    image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, hidden_act="quick_gelu", layer_norm_eps=1e-5, class_token=True, patch_bias=False,
+    pre_layernorm=True, final_norm="pooled", pooling="cls",
+)  # fmt: skip
+_SIGLIP_VISION = dict(
+    image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, class_token=False, patch_bias=True,
+    pre_layernorm=False, final_norm="all", pooling="attention",
+)  # fmt: skip
+_SIGLIP_TEXT = dict(
+    vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=64, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, causal=False, pooling="last",
+    pad_token_id=1, bos_token_id=None, eos_token_id=1,
+)  # fmt: skip
+_SIGLIP_HEAD = dict(
+    projection_dim=768, vision_projection="none", text_projection="linear", projection_bias=True,
+    loss_type="sigmoid", logit_scale_init_value=math.log(10.0), logit_bias_init_value=-10.0, logit_scale_max=None,
+)  # fmt: skip
+
+PRESETS: dict[str, tuple[type, dict]] = {
+    "clip-vit-b-32": (VLPDualEncoderConfig, dict(vision_config=_CLIP_VISION, text_config=_CLIP_TEXT)),
+    "clip-vit-b-16": (
+        VLPDualEncoderConfig,
+        dict(vision_config={**_CLIP_VISION, "patch_size": 16}, text_config=_CLIP_TEXT),
+    ),
+    "clip-vit-l-14": (
+        VLPDualEncoderConfig,
+        dict(
+            vision_config={**_CLIP_VISION, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
+                           "num_hidden_layers": 24, "num_attention_heads": 16},
+            text_config={**_CLIP_TEXT, "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+            projection_dim=768,
+        ),
+    ),  # fmt: skip
+    "siglip-b-16": (VLPDualEncoderConfig, dict(vision_config=_SIGLIP_VISION, text_config=_SIGLIP_TEXT, **_SIGLIP_HEAD)),
+    # Trains in minutes on a laptop CPU: the default of `vlp pretrain`. The text vocabulary is set by the tokenizer.
+    "dual-small": (
+        VLPDualEncoderConfig,
+        dict(
+            vision_config={**_CLIP_VISION, "image_size": 64, "patch_size": 8, "hidden_size": 192,
+                           "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
+                           "hidden_act": "gelu"},
+            text_config={**_CLIP_TEXT, "vocab_size": 1000, "hidden_size": 192, "intermediate_size": 768,
+                         "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 32,
+                         "hidden_act": "gelu", "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+            projection_dim=128,
+        ),
+    ),  # fmt: skip
+    # For tests: every code path, seconds to build.
+    "dual-tiny": (
+        VLPDualEncoderConfig,
+        dict(
+            vision_config={**_CLIP_VISION, "image_size": 32, "patch_size": 8, "hidden_size": 32,
+                           "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+            text_config={**_CLIP_TEXT, "vocab_size": 99, "hidden_size": 32, "intermediate_size": 64,
+                         "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 16,
+                         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+            projection_dim=16,
+        ),
+    ),  # fmt: skip
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset_config(name: str, **overrides) -> PreTrainedConfig:
+    """The config of a named preset. `overrides` replace top-level fields; `vision_config` / `text_config`
+    overrides given as dicts are merged into the preset's tower instead of replacing it."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; known presets: {', '.join(preset_names())}.")
+    config_class, fields = PRESETS[name]
+    fields = copy.deepcopy(fields)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(fields.get(key), dict):
+            fields[key].update(value)
+        else:
+            fields[key] = value
+    return config_class(**fields)
+
+
+__all__ = [
+    "VLPVisionConfig",
+    "VLPTextConfig",
+    "VLPDualEncoderConfig",
+    "PRESETS",
+    "get_preset_config",
+    "preset_names",
+]

@@ -1,0 +1,425 @@
+"""The dual-encoder family: an image tower and a text tower aligned contrastively (CLIP, SigLIP, ALIGN, LiT)."""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput
+
+from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig
+from .modeling_layers import (
+    VLPAttentionPool,
+    VLPEncoder,
+    VLPPatchEmbeddings,
+    VLPPreTrainedModel,
+    VLPTextEmbeddings,
+    masked_mean,
+    pool_text,
+    self_attention_mask,
+)
+from .objectives import check_paired, contrastive_logits, sigmoid_contrastive_loss, softmax_contrastive_loss
+
+
+@dataclass
+class VLPDualEncoderOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
+        Contrastive loss over the batch (softmax InfoNCE or pairwise sigmoid, by `config.loss_type`).
+    logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
+        Scaled cosine similarities (plus the learned bias for the sigmoid loss) of every image with every text.
+    logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
+        The transpose of `logits_per_image`.
+    text_embeds (`torch.FloatTensor` of shape `(text_batch_size, projection_dim)`):
+        L2-normalised projected text embeddings.
+    image_embeds (`torch.FloatTensor` of shape `(image_batch_size, projection_dim)`):
+        L2-normalised projected image embeddings.
+    logit_scale (`torch.FloatTensor` of shape `()`):
+        The temperature `exp(logit_scale)` used, so that objectives outside the model can reuse it.
+    logit_bias (`torch.FloatTensor` of shape `()`, *optional*):
+        The learned bias of the sigmoid loss.
+    text_model_output / vision_model_output (`BaseModelOutputWithPooling`):
+        The towers' outputs; their `pooler_output` holds the projected, not yet normalised, embeddings.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None
+    logit_bias: torch.Tensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple[Any]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+def check_pixel_values(pixel_values: torch.Tensor | None, num_channels: int) -> None:
+    if pixel_values is None:
+        raise ValueError("`pixel_values` is required: pass images through the processor first.")
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"`pixel_values` must have shape (batch_size, {num_channels}, height, width), "
+            f"got {tuple(pixel_values.shape)}."
+        )
+
+
+def check_input_ids(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+    if input_ids is None:
+        raise ValueError("`input_ids` is required: pass texts through the tokenizer or processor first.")
+    if input_ids.ndim != 2:
+        raise ValueError(f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has {tuple(input_ids.shape)}."
+        )
+
+
+class VLPVisionModel(VLPPreTrainedModel):
+    """A ViT: patch embeddings -> (pre-LN) -> transformer -> pooled token (cls / mean / attention probe)."""
+
+    config: VLPVisionConfig
+    config_class = VLPVisionConfig
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _input_embed_layer = "patch_embedding"
+
+    def __init__(self, config: VLPVisionConfig):
+        super().__init__(config)
+        self.embeddings = VLPPatchEmbeddings(config)
+        self.pre_layrnorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layernorm else nn.Identity()
+        )
+        self.encoder = VLPEncoder(config)
+        self.post_layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.final_norm != "none"
+            else nn.Identity()
+        )
+        self.head = VLPAttentionPool(config) if config.pooling == "attention" else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normalised images, as the image processor returns them.
+        Returns `last_hidden_state` `(batch_size, num_tokens, hidden_size)` and `pooler_output`
+        `(batch_size, hidden_size)`.
+        """
+        check_pixel_values(pixel_values, self.config.num_channels)
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        hidden_states = self.pre_layrnorm(hidden_states)
+        encoder_outputs = self.encoder(
+            hidden_states,
+            output_hidden_states=bool(output_hidden_states or self.config.output_hidden_states),
+            output_attentions=bool(output_attentions or self.config.output_attentions),
+        )
+        last_hidden_state = encoder_outputs.last_hidden_state
+        if self.config.final_norm == "all":
+            last_hidden_state = self.post_layernorm(last_hidden_state)
+        if self.config.pooling == "cls":
+            pooled = last_hidden_state[:, 0]
+        elif self.config.pooling == "mean":
+            pooled = last_hidden_state[:, self.embeddings.num_prefix_tokens :].mean(dim=1)
+        else:
+            pooled = self.head(last_hidden_state)
+        if self.config.final_norm == "pooled":
+            pooled = self.post_layernorm(pooled)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+class VLPTextModel(VLPPreTrainedModel):
+    """A transformer text encoder, causal (CLIP) or bidirectional (BERT, SigLIP), pooled by `config.pooling`."""
+
+    config: VLPTextConfig
+    config_class = VLPTextConfig
+    input_modalities = ("text",)
+    _input_embed_layer = "token_embedding"
+
+    def __init__(self, config: VLPTextConfig):
+        super().__init__(config)
+        self.embeddings = VLPTextEmbeddings(config)
+        self.encoder = VLPEncoder(config, is_causal=config.causal)
+        self.final_layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_layernorm else nn.Identity()
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.token_embedding = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`), attention_mask (same shape, 1 for
+        real tokens). Returns `last_hidden_state` `(batch_size, sequence_length, hidden_size)` (after the final
+        LayerNorm) and `pooler_output` `(batch_size, hidden_size)`.
+        """
+        check_input_ids(input_ids, attention_mask)
+        hidden_states = self.embeddings(input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+        mask = self_attention_mask(
+            self.config, attention_mask, input_ids.shape[1], hidden_states.dtype, hidden_states.device,
+            self.config.causal,
+        )  # fmt: skip
+        encoder_outputs = self.encoder(
+            hidden_states,
+            mask,
+            output_hidden_states=bool(output_hidden_states or self.config.output_hidden_states),
+            output_attentions=bool(output_attentions or self.config.output_attentions),
+        )
+        last_hidden_state = self.final_layer_norm(encoder_outputs.last_hidden_state)
+        pooled = pool_text(last_hidden_state, input_ids, attention_mask, self.config.pooling, self.config.eos_token_id)
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+def _build_tower(config: PreTrainedConfig, own_class: type) -> nn.Module:
+    # Compared by model_type: under remote code the config class may come from another copy of the module.
+    if config.model_type == own_class.config_class.model_type:
+        return own_class._from_config(config)
+    return AutoModel.from_config(config)
+
+
+class VLPDualEncoderModel(VLPPreTrainedModel):
+    """Image tower + text tower + projections + a learned temperature (and bias, for the sigmoid loss).
+
+    Either tower may be any transformers model (`from_vision_text_pretrained`), pooled by
+    `config.foreign_vision_pooling` / `config.foreign_text_pooling`.
+    """
+
+    config: VLPDualEncoderConfig
+    config_class = VLPDualEncoderConfig
+    input_modalities = ("image", "text")
+
+    def __init__(
+        self,
+        config: VLPDualEncoderConfig,
+        vision_model: nn.Module | None = None,
+        text_model: nn.Module | None = None,
+    ):
+        r"""`vision_model` / `text_model`: already built (e.g. pretrained) towers to use instead of fresh ones."""
+        super().__init__(config)
+        self.vision_model = vision_model if vision_model is not None else _build_tower(config.vision_config, VLPVisionModel)
+        self.text_model = text_model if text_model is not None else _build_tower(config.text_config, VLPTextModel)
+        self.vision_embed_dim = config.vision_config.hidden_size
+        self.text_embed_dim = config.text_config.hidden_size
+        self.visual_projection = self._projection(config.vision_projection, self.vision_embed_dim)
+        self.text_projection = self._projection(config.text_projection, self.text_embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.logit_bias = (
+            nn.Parameter(torch.tensor(float(config.logit_bias_init_value or 0.0)))
+            if config.loss_type == "sigmoid"
+            else None
+        )
+        self.post_init()
+
+    def _projection(self, kind: str, width: int) -> nn.Module:
+        if kind == "none":
+            return nn.Identity()
+        return nn.Linear(width, self.config.projection_dim, bias=self.config.projection_bias)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:
+            for projection, width in ((self.visual_projection, self.vision_embed_dim), (self.text_projection, self.text_embed_dim)):
+                if isinstance(projection, nn.Linear):
+                    init.normal_(projection.weight, std=width**-0.5 * self.config.initializer_factor)
+            init.constant_(self.logit_scale, float(self.config.logit_scale_init_value))
+            if self.logit_bias is not None:
+                init.constant_(self.logit_bias, float(self.config.logit_bias_init_value or 0.0))
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        **config_kwargs,
+    ) -> "VLPDualEncoderModel":
+        """A dual encoder whose towers start from pretrained models (LiT / ALIGN-style training starts):
+        any transformers vision model (ViT, CLIP vision, one of ours...) and text model (BERT, MiniLM...). The
+        projections and temperature are freshly initialised. `config_kwargs` go to `VLPDualEncoderConfig`."""
+        vision_model = _load_tower(vision_model_name_or_path, VLPVisionModel)
+        text_model = _load_tower(text_model_name_or_path, VLPTextModel)
+        config = VLPDualEncoderConfig(
+            vision_config=vision_model.config, text_config=text_model.config, **config_kwargs
+        )
+        return cls(config, vision_model=vision_model, text_model=text_model)
+
+    def _pool_foreign(self, outputs, attention_mask, pooling: str) -> torch.Tensor:
+        if pooling == "pooler" and getattr(outputs, "pooler_output", None) is not None:
+            return outputs.pooler_output
+        if pooling == "mean":
+            return masked_mean(outputs.last_hidden_state, attention_mask)
+        return outputs.last_hidden_state[:, 0]
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""The vision tower's output with `pooler_output` replaced by the projected image embeddings
+        `(batch_size, projection_dim)` (not normalised), as transformers' `CLIPModel.get_image_features`."""
+        tower_kwargs = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        if isinstance(self.vision_model, VLPVisionModel):
+            outputs = self.vision_model(
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **tower_kwargs
+            )
+            pooled = outputs.pooler_output
+        else:
+            check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", 3))
+            if interpolate_pos_encoding:
+                tower_kwargs["interpolate_pos_encoding"] = True
+            outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **tower_kwargs)
+            pooled = self._pool_foreign(outputs, None, self.config.foreign_vision_pooling)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.visual_projection(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""The text tower's output with `pooler_output` replaced by the projected text embeddings
+        `(batch_size, projection_dim)` (not normalised)."""
+        check_input_ids(input_ids, attention_mask)
+        tower_kwargs = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        if token_type_ids is not None:
+            tower_kwargs["token_type_ids"] = token_type_ids
+        if position_ids is not None:
+            tower_kwargs["position_ids"] = position_ids
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **tower_kwargs)
+        if isinstance(self.text_model, VLPTextModel):
+            pooled = outputs.pooler_output
+        else:
+            pooled = self._pool_foreign(outputs, attention_mask, self.config.foreign_text_pooling)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=self.text_projection(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped to `config.logit_scale_max` when set."""
+        scale = self.logit_scale
+        if self.config.logit_scale_max is not None:
+            scale = scale.clamp(max=math.log(self.config.logit_scale_max))
+        return scale.exp()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLPDualEncoderOutput:
+        r"""
+        return_loss (`bool`, *optional*):
+            Return the contrastive loss of the batch, whose image i and text i are a pair. The loss here uses the
+            local batch only; `VLPTrainer` gathers features across ranks for global negatives.
+        """
+        flags = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        vision_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **flags)
+        text_outputs = self.get_text_features(
+            input_ids, attention_mask, token_type_ids=token_type_ids, position_ids=position_ids, **flags
+        )
+        image_embeds = nn.functional.normalize(vision_outputs.pooler_output, dim=-1)
+        text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)
+        logit_scale = self.get_logit_scale()
+        logits_per_image, logits_per_text = contrastive_logits(image_embeds, text_embeds, logit_scale, self.logit_bias)
+
+        loss = None
+        if return_loss:
+            check_paired(image_embeds, text_embeds)
+            if self.config.loss_type == "sigmoid":
+                loss = sigmoid_contrastive_loss(image_embeds, text_embeds, logit_scale, self.logit_bias, gather=False)
+            else:
+                loss = softmax_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=False)
+
+        output = VLPDualEncoderOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            logit_scale=logit_scale,
+            logit_bias=self.logit_bias,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+def _load_tower(name_or_path: str, own_class: type) -> nn.Module:
+    """A pretrained tower: ours, any transformers model, or the matching tower of a two-tower checkpoint (CLIP)."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    if config.model_type == own_class.config_class.model_type:
+        return own_class.from_pretrained(name_or_path)
+    model = AutoModel.from_pretrained(name_or_path)
+    tower = "vision_model" if own_class is VLPVisionModel else "text_model"
+    return getattr(model, tower) if hasattr(model, tower) and hasattr(config, f"{tower[:-6]}_config") else model
+
+
+__all__ = ["VLPVisionModel", "VLPTextModel", "VLPDualEncoderModel", "VLPDualEncoderOutput"]

@@ -1,0 +1,426 @@
+"""Blocks shared by the three families: embeddings, attention, MLP, the transformer layer and the poolers.
+
+Every block is configured by arguments (pre- or post-norm, activation, biases, causal or not, cross-attention),
+not by the architecture it came from, so that CLIP, SigLIP, BERT-style and fusion layers are the same code.
+Attention goes through transformers' `ALL_ATTENTION_FUNCTIONS`, so `attn_implementation` = "eager" | "sdpa" |
+any registered kernel works everywhere.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention: (B, heads, Q, d) x (B, heads, K, d) -> (B, Q, heads, d), weights (B, heads, Q, K)."""
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attn_weights = attn_weights.masked_fill(~attention_mask, torch.finfo(attn_weights.dtype).min)
+        else:
+            attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class VLPAttention(nn.Module):
+    """Multi-head attention; self-attention, or cross-attention when `kv_hidden_size` is given (keys and values
+    then come from `encoder_hidden_states` of that width)."""
+
+    def __init__(
+        self,
+        config,
+        hidden_size: int | None = None,
+        num_heads: int | None = None,
+        kv_hidden_size: int | None = None,
+        is_causal: bool = False,
+        qkv_bias: bool | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.embed_dim = hidden_size or config.hidden_size
+        self.num_heads = num_heads or config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = getattr(config, "attention_dropout", 0.0)
+        self.is_causal = is_causal
+        self.is_cross_attention = kv_hidden_size is not None
+        bias = getattr(config, "qkv_bias", True) if qkv_bias is None else qkv_bias
+        kv_dim = kv_hidden_size or self.embed_dim
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=bias)
+        self.k_proj = nn.Linear(kv_dim, self.embed_dim, bias=bias)
+        self.v_proj = nn.Linear(kv_dim, self.embed_dim, bias=bias)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kv_states = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch_size, q_len = hidden_states.shape[:2]
+        query = self.q_proj(hidden_states).view(batch_size, q_len, -1, self.head_dim).transpose(1, 2)
+        key = self.k_proj(kv_states).view(batch_size, kv_states.shape[1], -1, self.head_dim).transpose(1, 2)
+        value = self.v_proj(kv_states).view(batch_size, kv_states.shape[1], -1, self.head_dim).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=self.is_causal and encoder_hidden_states is None,
+            **kwargs,
+        )
+        attn_output = self.out_proj(attn_output.reshape(batch_size, q_len, -1).contiguous())
+        return attn_output, attn_weights
+
+
+class VLPMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.activation_fn = ACT2FN[hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class VLPTransformerLayer(GradientCheckpointingLayer):
+    """Self-attention (+ optional cross-attention) + MLP, pre-norm (CLIP/ViT) or post-norm (BERT).
+
+    Pre-norm:  x += attn(ln1(x)); x += xattn(ln_cross(x), enc); x += mlp(ln2(x))
+    Post-norm: x = ln1(x + attn(x)); x = ln_cross(x + xattn(x, enc)); x = ln2(x + mlp(x))
+    """
+
+    def __init__(self, config, is_causal: bool = False, cross_attention_hidden_size: int | None = None):
+        super().__init__()
+        hidden_size = config.hidden_size
+        self.pre_norm = config.pre_norm
+        self.self_attn = VLPAttention(config, is_causal=is_causal)
+        self.layer_norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.cross_attn = None
+        if cross_attention_hidden_size is not None:
+            self.cross_attn = VLPAttention(config, kv_hidden_size=cross_attention_hidden_size)
+            self.layer_norm_cross = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VLPMLP(hidden_size, config.intermediate_size, config.hidden_act)
+        self.layer_norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))
+
+    def _residual(self, hidden_states, norm, block, *args, **kwargs):
+        if self.pre_norm:
+            out = block(norm(hidden_states), *args, **kwargs)
+            out, weights = out if isinstance(out, tuple) else (out, None)
+            return hidden_states + self.dropout(out), weights
+        out = block(hidden_states, *args, **kwargs)
+        out, weights = out if isinstance(out, tuple) else (out, None)
+        return norm(hidden_states + self.dropout(out)), weights
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        hidden_states, self_weights = self._residual(
+            hidden_states, self.layer_norm1, self.self_attn, attention_mask, **kwargs
+        )
+        cross_weights = None
+        if self.cross_attn is not None:
+            if encoder_hidden_states is None:
+                raise ValueError("This layer cross-attends: `encoder_hidden_states` is required.")
+            hidden_states, cross_weights = self._residual(
+                hidden_states,
+                self.layer_norm_cross,
+                self.cross_attn,
+                encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                **kwargs,
+            )
+        hidden_states, _ = self._residual(hidden_states, self.layer_norm2, self.mlp)
+        return hidden_states, self_weights, cross_weights
+
+
+class VLPEncoder(nn.Module):
+    """A stack of `VLPTransformerLayer`s. `hidden_states` in the output start with the encoder's input."""
+
+    def __init__(self, config, is_causal: bool = False, cross_attention_hidden_size: int | None = None):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList(
+            [VLPTransformerLayer(config, is_causal, cross_attention_hidden_size) for _ in range(config.num_hidden_layers)]
+        )
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutput:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, weights, _ = layer(
+                hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+def additive_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype, is_causal: bool = False) -> torch.Tensor:
+    """(B, K) 1/0 padding mask -> (B, 1, Q=K, K) additive mask (0 where attended, dtype min elsewhere), optionally
+    combined with a causal mask. Rows that would attend nowhere keep their diagonal so softmax stays finite."""
+    batch_size, length = attention_mask.shape
+    allowed = attention_mask.bool()[:, None, None, :].expand(batch_size, 1, length, length)
+    if is_causal:
+        causal = torch.ones(length, length, dtype=torch.bool, device=attention_mask.device).tril()
+        allowed = allowed & causal
+    nowhere = ~allowed.any(dim=-1, keepdim=True)
+    allowed = allowed | (nowhere & torch.eye(length, dtype=torch.bool, device=attention_mask.device))
+    return torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+def self_attention_mask(
+    config, attention_mask: torch.Tensor | None, length: int, dtype: torch.dtype, device, is_causal: bool
+) -> torch.Tensor | None:
+    """The mask a self-attention stack needs, or None when there is nothing to mask. Without padding, a causal
+    stack leaves the mask to the kernel (`is_causal`) except in eager attention, which needs it spelled out."""
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    if attention_mask is not None:
+        return additive_padding_mask(attention_mask.to(device), dtype, is_causal)
+    if is_causal and config._attn_implementation not in ("sdpa", "flash_attention_2", "flash_attention_3"):
+        mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+        return mask[None, None]
+    return None
+
+
+class VLPPatchEmbeddings(nn.Module):
+    """Image -> patch tokens (+ optional class token) + learned positions, interpolated for other image sizes."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, self.embed_dim, config.patch_size, config.patch_size, bias=config.patch_bias
+        )
+        self.class_embedding = nn.Parameter(torch.zeros(self.embed_dim)) if config.class_token else None
+        self.num_prefix_tokens = 1 if config.class_token else 0
+        self.num_patches = (self.image_size // self.patch_size) ** 2
+        self.num_positions = self.num_patches + self.num_prefix_tokens
+        self.position_embedding = nn.Embedding(self.num_positions, self.embed_dim)
+        self.position_ids = nn.Buffer(torch.arange(self.num_positions).expand((1, -1)), persistent=False)
+
+    def interpolate_pos_encoding(self, height: int, width: int) -> torch.Tensor:
+        """Position embeddings for a (height, width) image: the patch grid is resized bicubically."""
+        position_embedding = self.position_embedding.weight.unsqueeze(0)
+        new_height, new_width = height // self.patch_size, width // self.patch_size
+        if new_height * new_width == self.num_patches and new_height == new_width:
+            return position_embedding
+        prefix = position_embedding[:, : self.num_prefix_tokens]
+        grid = position_embedding[:, self.num_prefix_tokens :]
+        side = int(self.num_patches**0.5)
+        grid = grid.reshape(1, side, side, self.embed_dim).permute(0, 3, 1, 2)
+        grid = nn.functional.interpolate(grid, size=(new_height, new_width), mode="bicubic", align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, self.embed_dim)
+        return torch.cat([prefix, grid], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        batch_size, _, height, width = pixel_values.shape
+        if not interpolate_pos_encoding and (height != self.image_size or width != self.image_size):
+            raise ValueError(
+                f"`pixel_values` has images of {height}x{width}, but the model expects "
+                f"{self.image_size}x{self.image_size}; resize them or pass `interpolate_pos_encoding=True`."
+            )
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"`pixel_values` height and width ({height}x{width}) must be multiples of the patch size "
+                f"({self.patch_size})."
+            )
+        embeddings = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        embeddings = embeddings.flatten(2).transpose(1, 2)
+        if self.class_embedding is not None:
+            embeddings = torch.cat([self.class_embedding.expand(batch_size, 1, -1), embeddings], dim=1)
+        if interpolate_pos_encoding:
+            return embeddings + self.interpolate_pos_encoding(height, width)
+        return embeddings + self.position_embedding(self.position_ids)
+
+
+class VLPTextEmbeddings(nn.Module):
+    """Token + learned position (+ token type) embeddings, with BERT's optional LayerNorm and dropout."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embedding = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None
+        )
+        self.layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.embedding_layernorm else None
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.position_ids = nn.Buffer(torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        seq_length = input_ids.shape[1]
+        max_positions = self.position_embedding.num_embeddings
+        if seq_length > max_positions:
+            raise ValueError(
+                f"`input_ids` has {seq_length} tokens per sequence, more than the model's {max_positions} positions "
+                "(`max_position_embeddings`); truncate the text (e.g. `truncation=True, max_length=...`)."
+            )
+        if position_ids is None:
+            position_ids = self.position_ids[:, :seq_length]
+        embeddings = self.token_embedding(input_ids) + self.position_embedding(position_ids)
+        if self.token_type_embedding is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            embeddings = embeddings + self.token_type_embedding(token_type_ids)
+        if self.layer_norm is not None:
+            embeddings = self.layer_norm(embeddings)
+        return self.dropout(embeddings)
+
+
+class VLPAttentionPool(nn.Module):
+    """Multihead attention pooling (SigLIP's MAP head): a learned probe attends over all tokens, then a residual
+    MLP. Returns (B, D)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = VLPAttention(config, kv_hidden_size=config.hidden_size, qkv_bias=True)
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = VLPMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        probe = self.probe.expand(hidden_states.shape[0], -1, -1)
+        pooled, _ = self.attention(probe, encoder_hidden_states=hidden_states)
+        pooled = pooled + self.mlp(self.layer_norm(pooled))
+        return pooled[:, 0]
+
+
+class VLPPooler(nn.Module):
+    """BERT's pooler: dense + tanh over the first token."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    if attention_mask is None:
+        return hidden_states.mean(dim=1)
+    weights = attention_mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def pool_text(
+    hidden_states: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    pooling: str,
+    eos_token_id: int | None = None,
+) -> torch.Tensor:
+    """Pick the sentence representation from (B, L, D) token states."""
+    batch = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+    if pooling == "first":
+        return hidden_states[:, 0]
+    if pooling == "last":
+        return hidden_states[:, -1]
+    if pooling == "mean":
+        return masked_mean(hidden_states, attention_mask)
+    if pooling == "argmax":
+        return hidden_states[batch, input_ids.to(torch.int).argmax(dim=-1)]
+    # "eos": the first eos token; a sequence truncated before its eos falls back to its last real token.
+    is_eos = input_ids == eos_token_id
+    if attention_mask is not None:
+        last_real = attention_mask.sum(dim=-1).clamp(min=1) - 1
+    else:
+        last_real = torch.full_like(batch, input_ids.shape[1] - 1)
+    index = torch.where(is_eos.any(dim=-1), is_eos.int().argmax(dim=-1), last_real)
+    return hidden_states[batch, index]
+
+
+class VLPPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and capabilities shared by every modeling_vlp model."""
+
+    base_model_prefix = "vlp"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["VLPTransformerLayer", "VLPPatchEmbeddings", "VLPTextEmbeddings"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, VLPPatchEmbeddings):
+            if module.class_embedding is not None:
+                init.normal_(module.class_embedding, std=module.embed_dim**-0.5)
+            init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
+        elif isinstance(module, VLPTextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, VLPAttentionPool):
+            init.normal_(module.probe, std=std)

@@ -1,0 +1,88 @@
+"""Pretraining objectives as functions of tensors.
+
+Each loss takes the features a model produced and returns a scalar; nothing here knows about a model class.
+Distributed concerns are one argument: `gather` pulls the other ranks' features in (see `distributed.py`), and
+`local_loss` computes only the local rows of the global similarity matrix (labels offset by rank), as open_clip.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .distributed import all_gather_features, get_rank, get_world_size
+
+
+def contrastive_logits(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised (N, D) image and (M, D) text embeddings -> logits_per_image (N, M), logits_per_text (M, N).
+    `logit_scale` is the already-exponentiated temperature."""
+    logits_per_text = logit_scale * text_embeds @ image_embeds.t()
+    if logit_bias is not None:
+        logits_per_text = logits_per_text + logit_bias
+    return logits_per_text.t(), logits_per_text
+
+
+def check_paired(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
+    if image_embeds.shape[0] != text_embeds.shape[0]:
+        raise ValueError(
+            f"A contrastive loss needs one caption per image, but got {image_embeds.shape[0]} images and "
+            f"{text_embeds.shape[0]} texts; pass paired batches (same size for `pixel_values` and `input_ids`)."
+        )
+
+
+def softmax_contrastive_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    gather: bool = True,
+    local_loss: bool = False,
+    gather_with_grad: bool = True,
+) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over paired, L2-normalised embeddings (pair i is image i with text i).
+
+    With `gather` under torch.distributed the negatives are the global batch. `local_loss=False` computes the
+    full (world*B)^2 similarity on each rank; `local_loss=True` only the local rows, with labels offset by rank.
+    """
+    check_paired(image_embeds, text_embeds)
+    batch_size = image_embeds.shape[0]
+    if gather and get_world_size() > 1:
+        all_images = all_gather_features(image_embeds, gather_with_grad)
+        all_texts = all_gather_features(text_embeds, gather_with_grad)
+        if local_loss:
+            logits_per_image = logit_scale * image_embeds @ all_texts.t()
+            logits_per_text = logit_scale * text_embeds @ all_images.t()
+            labels = torch.arange(batch_size, device=image_embeds.device) + get_rank() * batch_size
+        else:
+            logits_per_image, logits_per_text = contrastive_logits(all_images, all_texts, logit_scale)
+            labels = torch.arange(all_images.shape[0], device=image_embeds.device)
+    else:
+        logits_per_image, logits_per_text = contrastive_logits(image_embeds, text_embeds, logit_scale)
+        labels = torch.arange(batch_size, device=image_embeds.device)
+    return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def sigmoid_contrastive_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    gather: bool = True,
+    gather_with_grad: bool = True,
+) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss: every (image, text) pair is a binary problem, positive on the diagonal.
+    Summed over texts, averaged over images. Under torch.distributed the local images meet every rank's texts;
+    DDP's gradient average then matches the single-process loss over the global batch."""
+    check_paired(image_embeds, text_embeds)
+    batch_size = image_embeds.shape[0]
+    offset = 0
+    if gather and get_world_size() > 1:
+        text_embeds = all_gather_features(text_embeds, gather_with_grad)
+        offset = get_rank() * batch_size
+    logits = logit_scale * image_embeds @ text_embeds.t() + logit_bias
+    labels = -torch.ones_like(logits)
+    rows = torch.arange(batch_size, device=logits.device)
+    labels[rows, rows + offset] = 1.0
+    return -F.logsigmoid(labels * logits).sum() / batch_size

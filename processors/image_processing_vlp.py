@@ -46,9 +46,7 @@ class VLPImageProcessor(BaseImageProcessor):
             PIL resampling filter.
         do_center_crop (`bool`, defaults to `True`): Whether to center-crop after resizing.
         crop_size (`dict[str, int]`, defaults to `{"height": 224, "width": 224}`):
-            Crop size; images smaller than it are padded with zeros. The crop offset is `(resized - crop) // 2` like
-            transformers; torchvision (open_clip) rounds half to even, which lands one pixel further when
-            `resized - crop` is 3 modulo 4.
+            Crop size; images smaller than it are padded with zeros.
         do_rescale (`bool`, defaults to `True`): Whether to multiply pixel values by `rescale_factor`.
         rescale_factor (`float`, defaults to `1/255`): Rescale factor.
         do_normalize (`bool`, defaults to `True`): Whether to normalize with `image_mean` and `image_std`.
@@ -57,6 +55,9 @@ class VLPImageProcessor(BaseImageProcessor):
         resize_backend (`str`, defaults to `"pil"`): `"pil"` resizes with PIL (transformers' `*ImageProcessorPil`,
             open_clip); `"torchvision"` resizes a uint8 tensor with antialiasing as transformers' default
             torchvision image processors do. The two differ by a level or two of 255.
+        crop_offset_rounding (`str`, defaults to `"floor"`): the crop offset is `(resized - crop) // 2` with
+            `"floor"` (transformers) or rounded half to even with `"round"` (torchvision's CenterCrop, so open_clip
+            and OpenAI CLIP): one pixel apart when `resized - crop` is 3 modulo 4.
     """
 
     model_input_names = ["pixel_values"]
@@ -75,9 +76,13 @@ class VLPImageProcessor(BaseImageProcessor):
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
         resize_backend: str = "pil",
+        crop_offset_rounding: str = "floor",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if crop_offset_rounding not in ("floor", "round"):
+            raise ValueError(f"crop_offset_rounding must be 'floor' or 'round', got {crop_offset_rounding!r}.")
+        self.crop_offset_rounding = crop_offset_rounding
         if resize_backend not in ("pil", "torchvision"):
             raise ValueError(f"resize_backend must be 'pil' or 'torchvision', got {resize_backend!r}.")
         self.resize_backend = resize_backend
@@ -154,7 +159,7 @@ class VLPImageProcessor(BaseImageProcessor):
                     image = image.resize(_output_size(image, size), resample=resample)
                 array = np.asarray(image)
             if do_center_crop:
-                array = _center_crop(array, crop_size["height"], crop_size["width"])
+                array = _center_crop(array, crop_size["height"], crop_size["width"], self.crop_offset_rounding)
             array = array.astype(np.float32)
             if do_rescale:
                 array = array * np.float32(rescale_factor)
@@ -347,14 +352,17 @@ def _output_size(image: Image.Image, size: dict[str, int]) -> tuple[int, int]:
     return int(target * width / height), target
 
 
-def _center_crop(array: np.ndarray, crop_height: int, crop_width: int) -> np.ndarray:
+def _center_crop(array: np.ndarray, crop_height: int, crop_width: int, rounding: str = "floor") -> np.ndarray:
     height, width = array.shape[:2]
     if crop_height > height or crop_width > width:
         pad_height, pad_width = max(crop_height - height, 0), max(crop_width - width, 0)
         padding = ((pad_height // 2, pad_height - pad_height // 2), (pad_width // 2, pad_width - pad_width // 2))
         array = np.pad(array, padding + ((0, 0),) * (array.ndim - 2))
         height, width = array.shape[:2]
-    top, left = (height - crop_height) // 2, (width - crop_width) // 2
+    if rounding == "round":  # torchvision's CenterCrop: round half to even
+        top, left = int(round((height - crop_height) / 2.0)), int(round((width - crop_width) / 2.0))
+    else:
+        top, left = (height - crop_height) // 2, (width - crop_width) // 2
     return array[top : top + crop_height, left : left + crop_width]
 
 

@@ -21,9 +21,13 @@ class VLPProcessor(ProcessorMixin):
     Args:
         image_processor: An image processor (`BaseImageProcessor`).
         tokenizer: A tokenizer (`PreTrainedTokenizerBase`).
+        text_kwargs (`dict`, *optional*): Default tokenizer arguments, saved with the processor, that a call's own
+            arguments override: e.g. `{"padding": "max_length", "max_length": 64, "truncation": True}` for models
+            trained on fixed-length text without an attention mask (SigLIP, open_clip).
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+    def __init__(self, image_processor=None, tokenizer=None, text_kwargs: dict | None = None, **kwargs):
+        self.text_kwargs = dict(text_kwargs or {})
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def __call__(
@@ -41,7 +45,8 @@ class VLPProcessor(ProcessorMixin):
             paired (`bool`, defaults to `False`): The i-th caption describes the i-th image; the batch sizes must
                 match.
             return_tensors (`str`, *optional*): `"pt"` or `"np"` for stacked tensors; lists otherwise.
-            tokenizer_kwargs: Passed to the tokenizer (`padding`, `truncation`, `max_length`, ...).
+            tokenizer_kwargs: Passed to the tokenizer (`padding`, `truncation`, `max_length`, ...), over the
+                processor's `text_kwargs`.
 
         Returns:
             `BatchFeature` with `input_ids` `(B_text, L)`, `attention_mask` `(B_text, L)` (+ `token_type_ids`) when
@@ -64,7 +69,7 @@ class VLPProcessor(ProcessorMixin):
 
         data = {}
         if text is not None:
-            data.update(self.tokenizer(text, return_tensors=return_tensors, **tokenizer_kwargs))
+            data.update(self.tokenizer(text, return_tensors=return_tensors, **{**self.text_kwargs, **tokenizer_kwargs}))
         if images is not None:
             data.update(self.image_processor(images, return_tensors=return_tensors))
         return BatchFeature(data=data, tensor_type=return_tensors)

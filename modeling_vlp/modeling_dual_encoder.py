@@ -283,9 +283,13 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
         projections and temperature are freshly initialised. `config_kwargs` go to `VLPDualEncoderConfig`."""
         vision_model = _load_tower(vision_model_name_or_path, VLPVisionModel)
         text_model = _load_tower(text_model_name_or_path, VLPTextModel)
+        attn_implementations = (vision_model.config._attn_implementation, text_model.config._attn_implementation)
         config = VLPDualEncoderConfig(
             vision_config=vision_model.config, text_config=text_model.config, **config_kwargs
         )
+        # A new config resets its sub-configs' attention implementation to None; these are the loaded towers' own
+        # configs, and a tower left at None ignores its padding mask (BERT) or falls back to eager attention.
+        config.vision_config._attn_implementation, config.text_config._attn_implementation = attn_implementations
         return cls(config, vision_model=vision_model, text_model=text_model)
 
     def _pool_foreign(self, outputs, attention_mask, pooling: str) -> torch.Tensor:

@@ -230,13 +230,14 @@ PRESETS: dict[str, tuple[type, dict]] = {
     ),  # fmt: skip
     "siglip-b-16": (VLPDualEncoderConfig, dict(vision_config=_SIGLIP_VISION, text_config=_SIGLIP_TEXT, **_SIGLIP_HEAD)),
     # Trains in minutes on a laptop CPU: the default of `vlp pretrain`. The text vocabulary is set by the tokenizer.
+    # Width 128 rather than 192: on 2 CPU cores twice the steps in the same time retrieve better (R@1 40 vs 34).
     "dual-small": (
         VLPDualEncoderConfig,
         dict(
-            vision_config={**_CLIP_VISION, "image_size": 64, "patch_size": 8, "hidden_size": 192,
-                           "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
+            vision_config={**_CLIP_VISION, "image_size": 64, "patch_size": 8, "hidden_size": 128,
+                           "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
                            "hidden_act": "gelu"},
-            text_config={**_CLIP_TEXT, "vocab_size": 1000, "hidden_size": 192, "intermediate_size": 768,
+            text_config={**_CLIP_TEXT, "vocab_size": 1000, "hidden_size": 128, "intermediate_size": 512,
                          "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 32,
                          "hidden_act": "gelu", "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
             projection_dim=128,

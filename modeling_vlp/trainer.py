@@ -1,0 +1,212 @@
+"""`VLPTrainer`: a `transformers.Trainer` that computes the pretraining objectives over the global batch.
+
+The model's own `forward` only sees the local batch. What needs every rank's features lives here: the contrastive
+(ITC) loss with negatives gathered across ranks (`objectives.py` / `distributed.py`), the weighted sum of the
+objectives, and logging each objective's loss separately (`loss_itc`, `eval_loss_itc`, ...).
+
+An objective is a function `(model, outputs, inputs, objective_args) -> scalar loss`, where `model` is the unwrapped
+model (read its config, call its building steps), `outputs` what its forward returned on the batch and `inputs` the
+whole collated batch (including columns the model does not take, such as `image_id`). `OBJECTIVES` maps names to
+these functions; a family adds its objectives (itm, mlm, mim, lm) by adding entries.
+"""
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.utils import ModelOutput
+
+from .objectives import sigmoid_contrastive_loss, softmax_contrastive_loss
+
+
+@dataclass
+class VLPObjectiveArguments:
+    """Which objectives to train and how the contrastive loss meets the other ranks.
+
+    objectives: objective name -> weight of its loss in the total (`loss = sum(weight * loss_<name>)`); a list of
+        names weighs each 1.
+    gather: gather image and text features from every rank so that the negatives are the global batch; False keeps
+        each rank's negatives to its own batch (cheaper, a different and weaker objective).
+    local_loss: compute only the local rows of the global similarity matrix (labels offset by rank) instead of the
+        full matrix on every rank; same gradient, less compute and memory (open_clip's `--local-loss`).
+    gather_with_grad: let the gradient flow back through the other ranks' features; with it the DDP-averaged
+        gradient is exactly that of the global-batch loss in one process (tests/test_trainer.py). Without it each rank
+        back-propagates only into its own features: cheaper, an approximation.
+    """
+
+    objectives: dict[str, float] = field(default_factory=lambda: {"itc": 1.0})
+    gather: bool = True
+    local_loss: bool = False
+    gather_with_grad: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.objectives, str):
+            self.objectives = [self.objectives]
+        if not isinstance(self.objectives, dict):
+            self.objectives = {name: 1.0 for name in self.objectives}
+        if not self.objectives:
+            raise ValueError("`objectives` must name at least one objective, got an empty mapping.")
+        unknown = sorted(set(self.objectives) - set(OBJECTIVES))
+        if unknown:
+            raise ValueError(f"Unknown objectives {unknown} in `objectives`; known objectives: {sorted(OBJECTIVES)}.")
+        negative = {name: weight for name, weight in self.objectives.items() if weight < 0}
+        if negative:
+            raise ValueError(f"Objective weights must be >= 0, got {negative}.")
+
+
+ObjectiveFunction = Callable[[nn.Module, ModelOutput, dict[str, Any], VLPObjectiveArguments], torch.Tensor]
+
+
+def itc_objective(
+    model: nn.Module, outputs: ModelOutput, inputs: dict[str, Any], args: VLPObjectiveArguments
+) -> torch.Tensor:
+    """Image-text contrastive loss over the global batch: softmax InfoNCE or pairwise sigmoid by
+    `model.config.loss_type`. Reads `image_embeds`, `text_embeds` (L2-normalised), `logit_scale` (exponentiated)
+    and, for the sigmoid loss, `logit_bias` from the model outputs."""
+    loss_type = getattr(model.config, "loss_type", "softmax")
+    if loss_type == "sigmoid":
+        if outputs.logit_bias is None:
+            raise ValueError("The sigmoid ITC loss needs `logit_bias` in the model outputs, got None.")
+        return sigmoid_contrastive_loss(
+            outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, outputs.logit_bias,
+            gather=args.gather, gather_with_grad=args.gather_with_grad,
+        )  # fmt: skip
+    return softmax_contrastive_loss(
+        outputs.image_embeds, outputs.text_embeds, outputs.logit_scale,
+        gather=args.gather, local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
+    )  # fmt: skip
+
+
+OBJECTIVES: dict[str, ObjectiveFunction] = {"itc": itc_objective}
+
+
+def _forward_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `inputs` that `model.forward` names; the rest (`image_id`, ...) are for the objectives."""
+    parameters = inspect.signature(model.forward).parameters
+    return {key: value for key, value in inputs.items() if key in parameters}
+
+
+def compute_objective_losses(
+    model: nn.Module,
+    inputs: dict[str, Any],
+    objective_args: VLPObjectiveArguments,
+    unwrapped_model: nn.Module | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], ModelOutput]:
+    """Run `model` (possibly DDP-wrapped) on a batch and compute every objective.
+
+    Returns the weighted total loss, each objective's unweighted loss by name, and the model outputs. Call it the
+    same way on every rank: the contrastive objective gathers features across ranks.
+    """
+    unwrapped_model = model if unwrapped_model is None else unwrapped_model
+    outputs = model(**_forward_inputs(unwrapped_model, inputs), return_dict=True)
+    losses = {
+        name: OBJECTIVES[name](unwrapped_model, outputs, inputs, objective_args)
+        for name in objective_args.objectives
+    }
+    total = sum(objective_args.objectives[name] * loss for name, loss in losses.items())
+    return total, losses, outputs
+
+
+class _LossTracker:
+    """Sums of detached per-objective losses between two reports, kept on device to avoid a sync per step."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0.0
+
+    def add(self, losses: dict[str, torch.Tensor], weight: float = 1.0) -> None:
+        for name, loss in losses.items():
+            value = loss.detach().float() * weight
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += weight
+
+    def pop_means(self, accelerator) -> dict[str, float]:
+        """Means over the interval and over all ranks; every rank must call it at the same point."""
+        if not self.sums:
+            return {}
+        names = sorted(self.sums)
+        totals = torch.stack([self.sums[name] for name in names] + [self.sums[names[0]].new_tensor(self.count)])
+        totals = accelerator.reduce(totals, reduction="sum")
+        self.sums, self.count = {}, 0.0
+        return {name: (totals[i] / totals[-1]).item() for i, name in enumerate(names)}
+
+
+class VLPTrainer(Trainer):
+    """A `Trainer` whose loss is the weighted sum of named pretraining objectives computed over the global batch.
+
+    Logs `loss_<name>` next to `loss` (each the mean over the logging interval and the ranks) and
+    `eval_loss_<name>` next to `eval_loss`. Use `remove_unused_columns=False` with `VLPCollator`, which reads the raw
+    dataset rows. In `predict` / `compute_metrics` the predictions are `(image_embeds, text_embeds)` and the label ids
+    the batch's `image_id` when the collator passes one.
+
+    Args:
+        objective_args (`VLPObjectiveArguments`, *optional*): the objectives, their weights and the gather options;
+            defaults to ITC alone with global negatives.
+        Every other argument is `transformers.Trainer`'s.
+    """
+
+    def __init__(self, *args, objective_args: VLPObjectiveArguments | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective_args = objective_args if objective_args is not None else VLPObjectiveArguments()
+        # Our losses are per-batch means and never take `num_items_in_batch`: let the Trainer scale them for
+        # gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self._train_losses = _LossTracker()
+        self._eval_losses = _LossTracker()
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        # As open_clip: no weight decay on scalars and vectors (temperature, sigmoid bias, norms, biases, class
+        # token). Decaying `logit_scale` would pull the temperature towards 1 for no reason.
+        decay = set(super().get_decay_parameter_names(model))
+        return [name for name, parameter in model.named_parameters() if name in decay and parameter.ndim >= 2]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unwrapped_model = self.accelerator.unwrap_model(model)
+        total, losses, outputs = compute_objective_losses(model, inputs, self.objective_args, unwrapped_model)
+        if model.training:
+            self._train_losses.add(losses)
+        else:
+            self._eval_losses.add(losses, weight=_batch_size(inputs))
+        outputs["loss"] = total
+        return (total, outputs) if return_outputs else total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # The Trainer's training logs carry "loss" (the mean since the last log): report each objective beside it.
+        if "loss" in logs:
+            means = self._train_losses.pop_means(self.accelerator)
+            logs.update({f"loss_{name}": value for name, value in means.items()})
+        super().log(logs, start_time)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        self._eval_losses = _LossTracker()
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        for name, value in self._eval_losses.pop_means(self.accelerator).items():
+            output.metrics[f"{metric_key_prefix}_loss_{name}"] = value
+        return output
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        embeds = tuple(outputs[key].detach() for key in ("image_embeds", "text_embeds") if outputs.get(key) is not None)
+        return loss, embeds, inputs.get("image_id")
+
+
+def _batch_size(inputs: dict[str, Any]) -> int:
+    for key in ("pixel_values", "input_ids"):
+        if isinstance(inputs.get(key), torch.Tensor):
+            return inputs[key].shape[0]
+    return 1
+
+
+__all__ = ["OBJECTIVES", "VLPObjectiveArguments", "VLPTrainer", "compute_objective_losses", "itc_objective"]

@@ -5,7 +5,8 @@ Contrastive objectives want negatives from the global batch. Two ways to get the
   for a feature back to the rank that produced it. With the full global loss on every rank, DDP's gradient average
   then gives exactly the single-process gradient of the global batch.
 - `gather_with_grad=False`: a plain all-gather (no gradient through other ranks' features) with the local slice put
-  back so that at least the local features get their gradient. Cheaper, and the usual choice with `local_loss`.
+  back so that at least the local features get their gradient. Cheaper, but an approximation: the gradient that
+  other ranks' losses would send to this rank's features is dropped (with `local_loss` too).
 """
 
 import torch

@@ -3,6 +3,7 @@
 This file is copied verbatim next to saved checkpoints as Hub remote code: it imports no `modeling_vlp` module.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 from transformers.feature_extraction_utils import BatchFeature
@@ -56,6 +57,7 @@ class VLPProcessor(ProcessorMixin):
             raise ValueError(f"{type(self).__name__} needs images, text or both; got neither.")
         if text is not None:
             _check_text(text)
+            text = text if isinstance(text, str) else list(text)
         if paired:
             if images is None or text is None:
                 missing = "images" if images is None else "text"
@@ -80,7 +82,7 @@ def _check_text(text: Any) -> None:
         if not text.strip():
             raise ValueError(f"text is {'empty' if not text else 'whitespace only'} ({text!r}); expected a caption.")
         return
-    if not isinstance(text, (list, tuple)):
+    if not isinstance(text, Sequence):  # lists, tuples, a datasets `Column`...
         raise TypeError(f"text has type {type(text).__name__}; expected a str or a list of str.")
     if len(text) == 0:
         raise ValueError("text is an empty list; expected at least one caption.")

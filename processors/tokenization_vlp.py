@@ -86,7 +86,7 @@ class VLPTokenizer(SentencePieceBackend):
         cls,
         texts: Iterable[str],
         vocab_size: int = 8000,
-        model_type: str = "unigram",
+        model_type: str = "bpe",
         lowercase: bool = True,
         character_coverage: float = 1.0,
         model_max_length: int = 64,
@@ -99,7 +99,9 @@ class VLPTokenizer(SentencePieceBackend):
             texts (`Iterable[str]`): Captions; empty or whitespace-only ones are skipped.
             vocab_size (`int`, defaults to 8000): Target vocabulary size, special tokens included. It is a soft
                 limit (`hard_vocab_limit=False`): a small corpus yields a smaller vocabulary instead of an error.
-            model_type (`str`, defaults to `"unigram"`): `"unigram"` or `"bpe"`.
+            model_type (`str`, defaults to `"bpe"`): `"bpe"` or `"unigram"`. BPE by default: on small caption
+                corpora SentencePiece's unigram trainer ends with a few dozen near-character pieces whatever
+                `vocab_size` asks (e.g. "y e ll o w"), which makes captions long and harder to learn.
             lowercase (`bool`, defaults to `True`): Case-fold text (SentencePiece `nmt_nfkc_cf` normalization);
                 `False` keeps case (`nmt_nfkc`).
             character_coverage (`float`, defaults to 1.0): Share of characters the model covers.

@@ -644,3 +644,12 @@ print(processor(text=["a cat"])["input_ids"][0])
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == str(tokenizer("a cat")["input_ids"])
+
+
+def test_processor_accepts_a_datasets_column():
+    import datasets
+
+    captions = datasets.Dataset.from_dict({"caption": ["a red circle", "a blue square"]})["caption"]
+    processor = VLPProcessor(VLPImageProcessor(), VLPTokenizer.train_from_iterator(CAPTIONS, vocab_size=80))
+    expected = processor(text=["a red circle", "a blue square"], padding=True, return_tensors="pt")["input_ids"]
+    assert torch.equal(processor(text=captions, padding=True, return_tensors="pt")["input_ids"], expected)

@@ -38,14 +38,7 @@ CAPTIONS = [f"a {c} {s} on a {b} background" for c in COLOURS for s in SHAPES fo
 TEXTS = ["a red circle", "a blue star on a dark background", "green"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and stays fast when other processes load the CPU (several
-    threads spinning against each other made these tests up to 40 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build_processor() -> VLPProcessor:

@@ -39,14 +39,7 @@ SIGLIP_TINY = dict(
 VARIANTS = {"clip": {}, "siglip": SIGLIP_TINY}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and stays fast when other processes load the CPU (several
-    threads spinning against each other made these tests up to 40 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(variant: str = "clip", **overrides) -> VLPDualEncoderConfig:

@@ -25,14 +25,7 @@ LABELS = ["red circle", "blue star", "green square on a dark background"]
 TEMPLATE = "a {}"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and stays fast when other processes load the CPU (several
-    threads spinning against each other made these tests up to 40 times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,7 @@ def test_saved_folder_carries_auto_map_and_code(saved):
     assert config["auto_map"] == {
         "AutoConfig": "configuration_vlp.VLPDualEncoderConfig",
         "AutoModel": "modeling_dual_encoder.VLPDualEncoderModel",
+        "AutoModelForZeroShotImageClassification": "modeling_dual_encoder.VLPDualEncoderModel",
     }
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_vlp.VLPProcessor"
@@ -164,7 +165,14 @@ REMOTE_SCRIPT = textwrap.dedent(
     images = [Image.open(f"{work}/image_{i}.png") for i in range(len(inputs["pixel_values"]))]
     processed = processor(images=images, text=texts, padding=True, return_tensors="pt")
     save_file({"logits": logits, **{k: v.contiguous() for k, v in processed.items()}}, f"{work}/outputs.safetensors")
+    from transformers import pipeline
+
+    classifier = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
+    # The stock pipeline does not truncate: keep the prompts inside the tiny model's 16 positions.
+    result = classifier(images[0], candidate_labels=texts, hypothesis_template="{}")
+    json.dump(result, open(f"{work}/zero_shot.json", "w"))
     classes = [type(model), type(processor), type(processor.tokenizer), type(processor.image_processor)]
+    classes.append(type(classifier.model))
     json.dump([f"{c.__module__}.{c.__name__}" for c in classes], open(f"{work}/classes.json", "w"))
     """
 )
@@ -191,8 +199,11 @@ def test_trust_remote_code_without_the_package(saved, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     classes = json.loads((work / "classes.json").read_text())
     assert [name.rsplit(".", 1)[1] for name in classes] == [
-        "VLPDualEncoderModel", "VLPProcessor", "VLPTokenizer", "VLPImageProcessor",
+        "VLPDualEncoderModel", "VLPProcessor", "VLPTokenizer", "VLPImageProcessor", "VLPDualEncoderModel",
     ]  # fmt: skip
+    zero_shot = json.loads((work / "zero_shot.json").read_text())
+    assert sorted(item["label"] for item in zero_shot) == sorted(TEXTS)
+    assert sum(item["score"] for item in zero_shot) == pytest.approx(1.0, abs=1e-5)
     assert all(name.startswith("transformers_modules.") for name in classes), classes
     outputs = load_file(work / "outputs.safetensors")
     assert torch.equal(outputs["logits"], saved["logits"])

@@ -22,7 +22,7 @@ from .modeling_layers import (
     pool_text,
     self_attention_mask,
 )
-from .objectives import check_paired, contrastive_logits, sigmoid_contrastive_loss, softmax_contrastive_loss
+from .objectives import contrastive_logits, contrastive_loss
 
 
 @dataclass
@@ -405,11 +405,9 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
 
         loss = None
         if return_loss:
-            check_paired(image_embeds, text_embeds)
-            if self.config.loss_type == "sigmoid":
-                loss = sigmoid_contrastive_loss(image_embeds, text_embeds, logit_scale, self.logit_bias, gather=False)
-            else:
-                loss = softmax_contrastive_loss(image_embeds, text_embeds, logit_scale, gather=False)
+            loss = contrastive_loss(
+                image_embeds, text_embeds, logit_scale, self.logit_bias, self.config.loss_type, gather=False
+            )
 
         output = VLPDualEncoderOutput(
             loss=loss,

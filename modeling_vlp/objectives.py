@@ -86,3 +86,26 @@ def sigmoid_contrastive_loss(
     rows = torch.arange(batch_size, device=logits.device)
     labels[rows, rows + offset] = 1.0
     return -F.logsigmoid(labels * logits).sum() / batch_size
+
+
+def contrastive_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+    loss_type: str = "softmax",
+    gather: bool = True,
+    local_loss: bool = False,
+    gather_with_grad: bool = True,
+) -> torch.Tensor:
+    """The ITC loss a dual encoder's `config.loss_type` names: softmax InfoNCE or pairwise sigmoid (which needs
+    `logit_bias`). `local_loss` applies to the softmax loss only."""
+    if loss_type == "sigmoid":
+        if logit_bias is None:
+            raise ValueError("The sigmoid contrastive loss needs `logit_bias`, got None.")
+        return sigmoid_contrastive_loss(
+            image_embeds, text_embeds, logit_scale, logit_bias, gather=gather, gather_with_grad=gather_with_grad
+        )
+    return softmax_contrastive_loss(
+        image_embeds, text_embeds, logit_scale, gather=gather, local_loss=local_loss, gather_with_grad=gather_with_grad
+    )

@@ -20,7 +20,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.utils import ModelOutput
 
-from .objectives import sigmoid_contrastive_loss, softmax_contrastive_loss
+from .objectives import contrastive_loss
 
 
 @dataclass
@@ -67,16 +67,9 @@ def itc_objective(
     """Image-text contrastive loss over the global batch: softmax InfoNCE or pairwise sigmoid by
     `model.config.loss_type`. Reads `image_embeds`, `text_embeds` (L2-normalised), `logit_scale` (exponentiated)
     and, for the sigmoid loss, `logit_bias` from the model outputs."""
-    loss_type = getattr(model.config, "loss_type", "softmax")
-    if loss_type == "sigmoid":
-        if outputs.logit_bias is None:
-            raise ValueError("The sigmoid ITC loss needs `logit_bias` in the model outputs, got None.")
-        return sigmoid_contrastive_loss(
-            outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, outputs.logit_bias,
-            gather=args.gather, gather_with_grad=args.gather_with_grad,
-        )  # fmt: skip
-    return softmax_contrastive_loss(
-        outputs.image_embeds, outputs.text_embeds, outputs.logit_scale,
+    return contrastive_loss(
+        outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, outputs.logit_bias,
+        loss_type=getattr(model.config, "loss_type", "softmax"),
         gather=args.gather, local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
     )  # fmt: skip
 

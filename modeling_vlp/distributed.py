@@ -46,3 +46,22 @@ def all_gather_object_list(value) -> list:
     gathered = [None] * get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def all_gather_padded(tensor: torch.Tensor, pad_value, dim: int = 1) -> torch.Tensor:
+    """Gather (B, L_rank, ...) tensors whose `dim` differs between ranks (token ids of differently padded batches):
+    each is padded with `pad_value` to the longest, then concatenated along the batch, ordered by rank. No gradient
+    flows (it is meant for ids and masks). Identity without torch.distributed. Every rank must pass the same B."""
+    if not is_distributed():
+        return tensor
+    length = torch.tensor([tensor.shape[dim]], device=tensor.device)
+    lengths = [torch.empty_like(length) for _ in range(get_world_size())]
+    dist.all_gather(lengths, length)
+    longest = int(max(value.item() for value in lengths))
+    if tensor.shape[dim] < longest:
+        pad_shape = list(tensor.shape)
+        pad_shape[dim] = longest - tensor.shape[dim]
+        tensor = torch.cat([tensor, tensor.new_full(pad_shape, pad_value)], dim=dim)
+    gathered = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(gathered, tensor.contiguous())
+    return torch.cat(gathered, dim=0)

@@ -109,3 +109,38 @@ def contrastive_loss(
     return softmax_contrastive_loss(
         image_embeds, text_embeds, logit_scale, gather=gather, local_loss=local_loss, gather_with_grad=gather_with_grad
     )
+
+
+def sample_itm_negatives(
+    image_ids: torch.Tensor,
+    candidate_image_ids: torch.Tensor,
+    own_index: torch.Tensor,
+    ratio: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ITM pairs: each of the B rows becomes a negative with probability `ratio`, paired with a candidate
+    (a caption of the global batch) drawn uniformly among those of *another* image.
+
+    Args:
+        image_ids: (B,) image id of each local row.
+        candidate_image_ids: (M,) image id of each candidate caption (the gathered global batch).
+        own_index: (B,) index of each local row's own caption among the candidates.
+        ratio: share of negatives, in [0, 1].
+
+    Returns:
+        `choice` (B,): the candidate each row is paired with (its own caption for positives) and `itm_labels` (B,):
+        1 for a matching pair, 0 for a negative. A row whose every candidate shows the same image stays positive.
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"`ratio` (share of ITM negatives) must be in [0, 1], got {ratio}.")
+    if image_ids.shape != own_index.shape:
+        raise ValueError(f"`image_ids` {tuple(image_ids.shape)} and `own_index` {tuple(own_index.shape)} must match.")
+    device = image_ids.device
+    other_image = candidate_image_ids[None, :].to(device) != image_ids[:, None]
+    draw = torch.rand(image_ids.shape[0], generator=generator, device="cpu").to(device)
+    negative = (draw < ratio) & other_image.any(dim=1)
+    choice = own_index.clone()
+    if negative.any():
+        weights = other_image[negative].float().cpu()
+        choice[negative] = torch.multinomial(weights, 1, generator=generator).squeeze(1).to(device)
+    return choice, (~negative).long()

@@ -6,8 +6,9 @@ objectives, and logging each objective's loss separately (`loss_itc`, `eval_loss
 
 An objective is a function `(model, outputs, inputs, objective_args) -> scalar loss`, where `model` is the unwrapped
 model (read its config, call its building steps), `outputs` what its forward returned on the batch and `inputs` the
-whole collated batch (including columns the model does not take, such as `image_id`). `OBJECTIVES` maps names to
-these functions; a family adds its objectives (itm, mlm, mim, lm) by adding entries.
+whole collated batch (including columns the model does not take, such as `image_id`), with an optional `prepare`
+step `(model, inputs, objective_args) -> inputs` that runs before the forward (e.g. pairing images with other
+captions for ITM). `OBJECTIVES` maps each family's `config.model_type` to its objectives by name.
 """
 
 import inspect
@@ -20,7 +21,8 @@ from torch import nn
 from transformers import Trainer
 from transformers.utils import ModelOutput
 
-from .objectives import contrastive_loss
+from .distributed import all_gather_features, all_gather_padded, get_rank, get_world_size
+from .objectives import contrastive_loss, sample_itm_negatives
 
 
 @dataclass
@@ -36,12 +38,15 @@ class VLPObjectiveArguments:
     gather_with_grad: let the gradient flow back through the other ranks' features; with it the DDP-averaged
         gradient is exactly that of the global-batch loss in one process (tests/test_trainer.py). Without it each rank
         back-propagates only into its own features: cheaper, an approximation.
+    itm_negative_ratio: for single-stream (unified) models, the share of rows whose caption is replaced by a caption
+        of another image from the global batch for image-text matching (ViLT and UNITER use one half).
     """
 
     objectives: dict[str, float] = field(default_factory=lambda: {"itc": 1.0})
     gather: bool = True
     local_loss: bool = False
     gather_with_grad: bool = True
+    itm_negative_ratio: float = 0.5
 
     def __post_init__(self):
         if isinstance(self.objectives, str):
@@ -50,15 +55,28 @@ class VLPObjectiveArguments:
             self.objectives = {name: 1.0 for name in self.objectives}
         if not self.objectives:
             raise ValueError("`objectives` must name at least one objective, got an empty mapping.")
-        unknown = sorted(set(self.objectives) - set(OBJECTIVES))
+        known = sorted({name for table in OBJECTIVES.values() for name in table})
+        unknown = sorted(set(self.objectives) - set(known))
         if unknown:
-            raise ValueError(f"Unknown objectives {unknown} in `objectives`; known objectives: {sorted(OBJECTIVES)}.")
+            raise ValueError(f"Unknown objectives {unknown} in `objectives`; known objectives: {known}.")
+        if not 0.0 <= self.itm_negative_ratio <= 1.0:
+            raise ValueError(f"`itm_negative_ratio` must be in [0, 1], got {self.itm_negative_ratio}.")
         negative = {name: weight for name, weight in self.objectives.items() if weight < 0}
         if negative:
             raise ValueError(f"Objective weights must be >= 0, got {negative}.")
 
 
 ObjectiveFunction = Callable[[nn.Module, ModelOutput, dict[str, Any], VLPObjectiveArguments], torch.Tensor]
+PrepareFunction = Callable[[nn.Module, dict[str, Any], VLPObjectiveArguments], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A named pretraining objective: `loss` reads the model outputs; `prepare`, when set, rewrites the batch before
+    the forward (every prepare step of the selected objectives runs, in order, before the one forward)."""
+
+    loss: ObjectiveFunction
+    prepare: PrepareFunction | None = None
 
 
 def itc_objective(
@@ -68,13 +86,90 @@ def itc_objective(
     `model.config.loss_type`. Reads `image_embeds`, `text_embeds` (L2-normalised), `logit_scale` (exponentiated)
     and, for the sigmoid loss, `logit_bias` from the model outputs."""
     return contrastive_loss(
-        outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, outputs.logit_bias,
+        outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, outputs.get("logit_bias"),
         loss_type=getattr(model.config, "loss_type", "softmax"),
         gather=args.gather, local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
     )  # fmt: skip
 
 
-OBJECTIVES: dict[str, ObjectiveFunction] = {"itc": itc_objective}
+def model_loss(name: str, needs: str) -> ObjectiveFunction:
+    """An objective whose loss the model's forward computes from labels in the batch (`outputs.loss_<name>`)."""
+
+    def objective(model, outputs, inputs, args):
+        loss = outputs.get(f"loss_{name}")
+        if loss is None:
+            raise ValueError(
+                f"Objective {name!r}: {type(model).__name__} returned no `loss_{name}`; the batch needs {needs}."
+            )
+        return loss
+
+    objective.__name__ = f"{name}_objective"
+    return objective
+
+
+_TEXT_PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "mlm_labels": -100}
+
+
+def prepare_itm_pairs(model: nn.Module, inputs: dict[str, Any], args: VLPObjectiveArguments) -> dict[str, Any]:
+    """Single-stream ITM: replace the caption of a random `itm_negative_ratio` of the rows by a caption of another
+    image drawn from the global batch (every rank's captions), and add `itm_labels` (1 match, 0 not).
+
+    Images never move, only token rows (`input_ids`, `attention_mask`, `token_type_ids`, `mlm_labels`), so nothing
+    differentiable crosses ranks. `image_id` in the batch keeps captions of the same image from being drawn as
+    negatives; without it every row counts as its own image."""
+    if "input_ids" not in inputs:
+        raise ValueError("Objective 'itm' needs `input_ids` in the batch.")
+    input_ids = inputs["input_ids"]
+    batch_size, device = input_ids.shape[0], input_ids.device
+    pad_values = dict(_TEXT_PAD_VALUES, input_ids=getattr(model.config, "pad_token_id", None) or 0)
+    keys = [key for key in pad_values if isinstance(inputs.get(key), torch.Tensor)]
+    image_ids = inputs.get("image_id")
+    if image_ids is None:
+        image_ids = torch.arange(batch_size, device=device) + get_rank() * batch_size
+    image_ids = image_ids.to(device)
+    if args.gather and get_world_size() > 1:
+        candidates = {key: all_gather_padded(inputs[key], pad_values[key]) for key in keys}
+        candidate_image_ids = all_gather_features(image_ids, gather_with_grad=False)
+        own_index = torch.arange(batch_size, device=device) + get_rank() * batch_size
+    else:
+        candidates = {key: inputs[key] for key in keys}
+        candidate_image_ids = image_ids
+        own_index = torch.arange(batch_size, device=device)
+    choice, itm_labels = sample_itm_negatives(image_ids, candidate_image_ids, own_index, args.itm_negative_ratio)
+    paired = {key: candidates[key][choice] for key in keys}
+    if "attention_mask" in paired:
+        # Drop the columns that are padding in every row (the gathered batch is padded to the longest rank's).
+        length = int(paired["attention_mask"].sum(dim=1).max().clamp(min=1))
+        paired = {key: value[:, :length] for key, value in paired.items()}
+    return {**inputs, **paired, "itm_labels": itm_labels}
+
+
+OBJECTIVES: dict[str, dict[str, Objective]] = {
+    "vlp_dual_encoder": {"itc": Objective(itc_objective)},
+    "vlp_unified": {
+        "itm": Objective(model_loss("itm", "`input_ids` (negatives are drawn here)"), prepare=prepare_itm_pairs),
+        "mlm": Objective(model_loss("mlm", "`mlm_labels` (VLPPretrainingCollator with mlm_probability > 0)")),
+        "mim": Objective(model_loss("mim", "`mim_mask` (VLPPretrainingCollator with mim_ratio > 0)")),
+    },
+}
+
+
+def resolve_objectives(model: nn.Module, objective_args: VLPObjectiveArguments) -> dict[str, Objective]:
+    """The selected objectives as implemented for `model`'s family (its `config.model_type`)."""
+    model_type = getattr(model.config, "model_type", None)
+    table = OBJECTIVES.get(model_type)
+    if table is None:
+        raise ValueError(
+            f"{type(model).__name__} (model_type {model_type!r}) has no pretraining objectives; "
+            f"families with objectives: {sorted(OBJECTIVES)}."
+        )
+    missing = [name for name in objective_args.objectives if name not in table]
+    if missing:
+        raise ValueError(
+            f"Objectives {missing} are not available for {type(model).__name__} ({model_type}); "
+            f"it trains with: {sorted(table)}."
+        )
+    return {name: table[name] for name in objective_args.objectives}
 
 
 def _forward_inputs(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -95,11 +190,12 @@ def compute_objective_losses(
     same way on every rank: the contrastive objective gathers features across ranks.
     """
     unwrapped_model = model if unwrapped_model is None else unwrapped_model
+    objectives = resolve_objectives(unwrapped_model, objective_args)
+    for objective in objectives.values():
+        if objective.prepare is not None:
+            inputs = objective.prepare(unwrapped_model, inputs, objective_args)
     outputs = model(**_forward_inputs(unwrapped_model, inputs), return_dict=True)
-    losses = {
-        name: OBJECTIVES[name](unwrapped_model, outputs, inputs, objective_args)
-        for name in objective_args.objectives
-    }
+    losses = {name: objective.loss(unwrapped_model, outputs, inputs, objective_args) for name, objective in objectives.items()}
     total = sum(objective_args.objectives[name] * loss for name, loss in losses.items())
     return total, losses, outputs
 
@@ -202,4 +298,13 @@ def _batch_size(inputs: dict[str, Any]) -> int:
     return 1
 
 
-__all__ = ["OBJECTIVES", "VLPObjectiveArguments", "VLPTrainer", "compute_objective_losses", "itc_objective"]
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "VLPObjectiveArguments",
+    "VLPTrainer",
+    "compute_objective_losses",
+    "itc_objective",
+    "prepare_itm_pairs",
+    "resolve_objectives",
+]

@@ -17,7 +17,7 @@ import modeling_vlp  # noqa: F401  (registers the Auto classes)
 from modeling_vlp import VLPDualEncoderModel, get_preset_config
 from modeling_vlp.collators import VLPCollator
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
-from modeling_vlp.trainer import OBJECTIVES, VLPObjectiveArguments, VLPTrainer
+from modeling_vlp.trainer import OBJECTIVES, VLPObjectiveArguments, VLPTrainer, compute_objective_losses
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_collator_without_image_id(processor):
 
 
 def test_objective_arguments_are_checked():
-    assert "itc" in OBJECTIVES
+    assert "itc" in OBJECTIVES["vlp_dual_encoder"]
     assert VLPObjectiveArguments(objectives=["itc"]).objectives == {"itc": 1.0}
     with pytest.raises(ValueError, match="Unknown objectives"):
         VLPObjectiveArguments(objectives={"itc": 1.0, "nope": 1.0})
@@ -147,6 +147,15 @@ def test_objective_arguments_are_checked():
         VLPObjectiveArguments(objectives={"itc": -1.0})
     with pytest.raises(ValueError, match="at least one"):
         VLPObjectiveArguments(objectives={})
+    with pytest.raises(ValueError, match="itm_negative_ratio"):
+        VLPObjectiveArguments(objectives=["itm"], itm_negative_ratio=1.5)
+
+
+def test_objectives_are_checked_against_the_model_family(processor):
+    model = tiny_model(processor)
+    batch = VLPCollator(processor)(make_rows(4))
+    with pytest.raises(ValueError, match=r"\['mlm'\] are not available for VLPDualEncoderModel"):
+        compute_objective_losses(model, batch, VLPObjectiveArguments(objectives=["itc", "mlm"]))
 
 
 def test_no_weight_decay_on_temperature_norms_and_biases(processor, tmp_path):

@@ -1,4 +1,5 @@
-"""Image processor for vision-language models: any image input -> normalized `pixel_values` `(B, 3, H, W)`.
+"""Image processor for vision-language models: any image input -> normalized `pixel_values` `(B, 3, H, W)`
+(+ `pixel_mask` `(B, H, W)` when variable-size images are padded into one batch, as ViLT does).
 
 Resizing is done by PIL on 8-bit RGB images, exactly as OpenAI CLIP, open_clip and transformers' PIL backend
 (`CLIPImageProcessorPil`, `SiglipImageProcessorPil`) do, so checkpoints trained with those pipelines see the same
@@ -8,6 +9,7 @@ This file is copied verbatim next to saved checkpoints as Hub remote code: it im
 """
 
 import io
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -40,8 +42,13 @@ class VLPImageProcessor(BaseImageProcessor):
             With `False`, inputs must already be 3-channel RGB.
         do_resize (`bool`, defaults to `True`): Whether to resize.
         size (`dict[str, int]`, defaults to `{"shortest_edge": 224}`):
-            `{"shortest_edge": N}` resizes the shorter side to N keeping the aspect ratio (CLIP, open_clip);
-            `{"height": H, "width": W}` resizes to exactly H x W (SigLIP). An int means `{"shortest_edge": int}`.
+            `{"shortest_edge": N}` resizes the shorter side to N keeping the aspect ratio, the longer side truncated
+            (CLIP, open_clip); `{"shortest_edge": N, "longest_edge": M}` does the same, then scales both sides down
+            so that the longer one is at most M, rounding each side to the nearest integer (ViLT, DETR: ViLT uses
+            `M = int(1333 / 800 * N)`); `{"height": H, "width": W}` resizes to exactly H x W (SigLIP). An int means
+            `{"shortest_edge": int}`.
+        size_divisor (`int`, *optional*): When resizing, floor both output sides to a multiple of it (ViLT: 32, the
+            patch size), so that variable-size images tile into whole patches.
         resample (`int` or `PIL.Image.Resampling` or `str`, defaults to `PIL.Image.Resampling.BICUBIC`):
             PIL resampling filter.
         do_center_crop (`bool`, defaults to `True`): Whether to center-crop after resizing.
@@ -58,9 +65,14 @@ class VLPImageProcessor(BaseImageProcessor):
         crop_offset_rounding (`str`, defaults to `"floor"`): the crop offset is `(resized - crop) // 2` with
             `"floor"` (transformers) or rounded half to even with `"round"` (torchvision's CenterCrop, so open_clip
             and OpenAI CLIP): one pixel apart when `resized - crop` is 3 modulo 4.
-    """
+        do_pad (`bool`, defaults to `False`): Pad every image of a batch with zeros at the bottom and right to the
+            largest height and width of the batch (after normalization, as ViLT), and return `pixel_mask`
+            `(B, H, W)` int64 with 1 on real pixels and 0 on padding.
 
-    model_input_names = ["pixel_values"]
+    transformers' `ViltImageProcessor(size={"shortest_edge": N})` is reproduced by
+    `VLPImageProcessor(size={"shortest_edge": N, "longest_edge": int(1333 / 800 * N)}, size_divisor=32, do_pad=True,
+    do_center_crop=False, resample="bicubic", image_mean=0.5, image_std=0.5, resize_backend="torchvision")`.
+    """
 
     def __init__(
         self,
@@ -77,6 +89,8 @@ class VLPImageProcessor(BaseImageProcessor):
         image_std: float | Sequence[float] | None = None,
         resize_backend: str = "pil",
         crop_offset_rounding: str = "floor",
+        size_divisor: int | None = None,
+        do_pad: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,6 +113,12 @@ class VLPImageProcessor(BaseImageProcessor):
         self.image_std = _channel_values(OPENAI_CLIP_STD if image_std is None else image_std, "image_std")
         if any(value == 0 for value in self.image_std):
             raise ValueError(f"image_std must not contain zeros, got {self.image_std}.")
+        self.size_divisor = _size_divisor(size_divisor)
+        self.do_pad = bool(do_pad)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "pixel_mask"] if self.do_pad else ["pixel_values"]
 
     def preprocess(
         self,
@@ -114,6 +134,8 @@ class VLPImageProcessor(BaseImageProcessor):
         do_normalize: bool | None = None,
         image_mean: float | Sequence[float] | None = None,
         image_std: float | Sequence[float] | None = None,
+        size_divisor: int | None = None,
+        do_pad: bool | None = None,
         return_tensors: str | None = None,
         **kwargs,
     ) -> BatchFeature:
@@ -123,7 +145,9 @@ class VLPImageProcessor(BaseImageProcessor):
 
         Returns:
             `BatchFeature` with `pixel_values`: `(B, 3, H, W)` float32 with `return_tensors="np"` or `"pt"`; a list
-            of `(3, H, W)` arrays when `return_tensors=None` (sizes may differ without a crop or a fixed size).
+            of `(3, H, W)` arrays when `return_tensors=None` (sizes may differ without a crop, a fixed size or
+            padding). With `do_pad`, also `pixel_mask`: `(B, H, W)` int64, 1 on real pixels (a list of `(H, W)`
+            arrays when `return_tensors=None`).
         """
         if kwargs:
             raise TypeError(f"{type(self).__name__}.preprocess got unexpected keyword arguments {sorted(kwargs)}.")
@@ -138,6 +162,8 @@ class VLPImageProcessor(BaseImageProcessor):
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         mean = np.float32(self.image_mean if image_mean is None else _channel_values(image_mean, "image_mean"))
         std = np.float32(self.image_std if image_std is None else _channel_values(image_std, "image_std"))
+        size_divisor = self.size_divisor if size_divisor is None else _size_divisor(size_divisor)
+        do_pad = self.do_pad if do_pad is None else do_pad
 
         pixel_values = []
         for index, image in enumerate(_as_image_list(images)):
@@ -152,11 +178,13 @@ class VLPImageProcessor(BaseImageProcessor):
                     f"images[{index}] has PIL mode {image.mode!r}; with do_convert_rgb=False every image must "
                     "already be RGB."
                 )
+            if do_resize:
+                output_size = _output_size(image, size, size_divisor, index)
             if do_resize and self.resize_backend == "torchvision":
-                array = _torchvision_resize(image, _output_size(image, size), resample)
+                array = _torchvision_resize(image, output_size, resample)
             else:
                 if do_resize:
-                    image = image.resize(_output_size(image, size), resample=resample)
+                    image = image.resize(output_size, resample=resample)
                 array = np.asarray(image)
             if do_center_crop:
                 array = _center_crop(array, crop_size["height"], crop_size["width"], self.crop_offset_rounding)
@@ -167,13 +195,21 @@ class VLPImageProcessor(BaseImageProcessor):
                 array = (array - mean) / std
             pixel_values.append(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
+        if do_pad:
+            pixel_values, pixel_mask = _pad_to_largest(pixel_values)
+            data = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+            if return_tensors is None:
+                return BatchFeature(data=data)
+            stacked = {name: np.stack(arrays) for name, arrays in data.items()}
+            return BatchFeature(data=stacked, tensor_type=return_tensors)
         if return_tensors is None:
             return BatchFeature(data={"pixel_values": pixel_values})
         shapes = {array.shape for array in pixel_values}
         if len(shapes) > 1:
             raise ValueError(
                 f"images produce pixel arrays of different shapes {sorted(shapes)} that cannot be stacked into one "
-                f"tensor; use do_center_crop=True or a fixed size {{'height': H, 'width': W}}, or return_tensors=None."
+                f"tensor; use do_center_crop=True, a fixed size {{'height': H, 'width': W}}, do_pad=True (with a "
+                "pixel_mask), or return_tensors=None."
             )
         return BatchFeature(data={"pixel_values": np.stack(pixel_values)}, tensor_type=return_tensors)
 
@@ -341,15 +377,54 @@ def _float_to_uint8(array: np.ndarray, description: str) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _output_size(image: Image.Image, size: dict[str, int]) -> tuple[int, int]:
-    """(width, height) for PIL, computed like transformers and torchvision: the long side is truncated."""
-    if "shortest_edge" not in size:
-        return size["width"], size["height"]
+def _pad_to_largest(pixel_values: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Zero-pad `(3, h, w)` arrays at the bottom and right to the largest h and w; masks are 1 on real pixels."""
+    height = max(array.shape[1] for array in pixel_values)
+    width = max(array.shape[2] for array in pixel_values)
+    padded, masks = [], []
+    for array in pixel_values:
+        _, h, w = array.shape
+        padded.append(np.pad(array, ((0, 0), (0, height - h), (0, width - w))))
+        mask = np.zeros((height, width), dtype=np.int64)
+        mask[:h, :w] = 1
+        masks.append(mask)
+    return padded, masks
+
+
+def _output_size(
+    image: Image.Image, size: dict[str, int], size_divisor: int | None = None, index: int = 0
+) -> tuple[int, int]:
+    """(width, height) for PIL. With only `shortest_edge` the long side is truncated (transformers' CLIP, torchvision);
+    with `longest_edge` too, both sides are computed in floats and rounded half up, in ViLT's order of operations."""
     width, height = image.size
-    target = size["shortest_edge"]
-    if width <= height:
-        return target, int(target * height / width)
-    return int(target * width / height), target
+    if "shortest_edge" not in size:
+        output_width, output_height = size["width"], size["height"]
+    elif "longest_edge" not in size:
+        target = size["shortest_edge"]
+        if width <= height:
+            output_width, output_height = target, int(target * height / width)
+        else:
+            output_width, output_height = int(target * width / height), target
+    else:
+        shorter, longer = size["shortest_edge"], size["longest_edge"]
+        if height < width:
+            new_height, new_width = shorter, width * (shorter / height)
+        else:
+            new_height, new_width = height * (shorter / width), shorter
+        if max(new_height, new_width) > longer:
+            scale = longer / max(new_height, new_width)
+            new_height, new_width = new_height * scale, new_width * scale
+        output_width, output_height = int(new_width + 0.5), int(new_height + 0.5)
+    if size_divisor is not None:
+        output_width = output_width // size_divisor * size_divisor
+        output_height = output_height // size_divisor * size_divisor
+    if output_width == 0 or output_height == 0:
+        raise ValueError(
+            f"images[{index}] of size {width}x{height} (width x height) resizes to {output_width}x{output_height} "
+            f"with size={size} and size_divisor={size_divisor}; its aspect ratio is too extreme for these settings "
+            "(crop it, or use a larger size or a smaller size_divisor)."
+        )
+    return output_width, output_height
 
 
 def _center_crop(array: np.ndarray, crop_height: int, crop_width: int, rounding: str = "floor") -> np.ndarray:
@@ -371,13 +446,26 @@ def _size_dict(size: Any, name: str) -> dict[str, int]:
         size = {"shortest_edge": size} if name == "size" else {"height": size, "width": size}
     elif isinstance(size, (list, tuple)) and len(size) == 2:
         size = {"height": size[0], "width": size[1]}
-    allowed = ({"height", "width"}, {"shortest_edge"}) if name == "size" else ({"height", "width"},)
+    if name == "size":
+        allowed = ({"height", "width"}, {"shortest_edge"}, {"shortest_edge", "longest_edge"})
+    else:
+        allowed = ({"height", "width"},)
     if not isinstance(size, dict) or set(size) not in allowed:
         expected = " or ".join(str(sorted(keys)) for keys in allowed)
         raise ValueError(f"{name} must be a dict with keys {expected}; got {size!r}.")
     if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in size.values()):
         raise ValueError(f"{name} values must be positive integers; got {size!r}.")
+    if size.get("longest_edge", math.inf) < size.get("shortest_edge", 0):
+        raise ValueError(f"{name}['longest_edge'] must be >= {name}['shortest_edge']; got {size!r}.")
     return dict(size)
+
+
+def _size_divisor(size_divisor: Any) -> int | None:
+    if size_divisor is None:
+        return None
+    if not isinstance(size_divisor, int) or isinstance(size_divisor, bool) or size_divisor < 1:
+        raise ValueError(f"size_divisor must be None or a positive integer; got {size_divisor!r}.")
+    return size_divisor
 
 
 def _resampling(resample: Any) -> int:

@@ -16,11 +16,18 @@ import modeling_vlp.data as data_module
 from modeling_vlp.data import (
     SCENE_COLOURS,
     SCENE_SHAPES,
+    VQA_NUM_ANNOTATORS,
+    VQA_QUESTION_TYPES,
     ZERO_SHOT_TEMPLATES,
     load_image_text_dataset,
+    load_region_text_dataset,
     make_scenes_dataset,
+    make_scenes_vqa_dataset,
     pick_eval_split,
+    read_region_column,
     scene_class_names,
+    scene_region_features,
+    vqa_answer_vocabulary,
 )
 
 
@@ -394,3 +401,274 @@ def test_loading_opens_no_connection_even_without_offline_flags(tmp_path, monkey
     assert sorted(loaded["train"]["caption"]) == sorted(_CAPTIONS)
     assert attempts == []
     assert datasets.config.HF_UPDATE_DOWNLOAD_COUNTS is True  # restored after loading
+
+
+# --- VQA on the scenes ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vqa():
+    return make_scenes_vqa_dataset(num_train=300, num_validation=40, seed=0)
+
+
+def _objects_by_image(num_images, seed=0):
+    scenes = make_scenes_dataset(num_images, 0, seed=seed)["train"]
+    return dict(zip(scenes["image_id"], scenes["objects"]))
+
+
+def _expected_answer(question, objects):
+    """Answer a question from the scene's objects, independently of the generator's code."""
+    words = question.rstrip("?").split()
+    if question.startswith(("what colour is the", "what is the colour of the")):
+        (obj,) = [obj for obj in objects if obj["shape"] == words[-1]]
+        return obj["colour"]
+    if question.startswith(("what shape is the", "which shape is")):
+        colour = words[-2] if question.startswith("what shape") else words[-1]
+        (obj,) = [obj for obj in objects if obj["colour"] == colour]
+        return obj["shape"]
+    if question == "how many objects are there?":
+        return str(len(objects))
+    if question.startswith("how many"):
+        word = words[2]
+        if word in SCENE_COLOURS:
+            return str(sum(obj["colour"] == word for obj in objects))
+        return str(sum(word in (obj["shape"] + "s", obj["shape"] + "es") for obj in objects))
+    assert question.startswith("is the ")
+    first, second = [obj for name in (words[2:4], words[-2:]) for obj in objects
+                     if [obj["colour"], obj["shape"]] == name]  # fmt: skip
+    relation = " ".join(words[4:-3])
+    dx, dy = first["x"] - second["x"], first["y"] - second["y"]
+    truth = {"left of": dx < -0.3, "right of": dx > 0.3, "above": dy < -0.3, "below": dy > 0.3}[relation]
+    return "yes" if truth else "no"
+
+
+def test_vqa_columns_and_answers_match_the_scenes(vqa):
+    assert list(vqa) == ["train", "validation"]
+    train = vqa["train"]
+    assert set(train.column_names) == {
+        "image", "question", "answers", "answer", "question_type", "image_id", "question_id"
+    }  # fmt: skip
+    assert isinstance(train.features["image"], datasets.Image)
+    objects_by_image = _objects_by_image(300)
+    per_image = {}
+    for row in train.remove_columns("image"):
+        objects = objects_by_image[row["image_id"]]
+        assert row["answer"] == _expected_answer(row["question"], objects), row
+        assert len(row["answers"]) == VQA_NUM_ANNOTATORS
+        assert row["answers"].count(row["answer"]) >= VQA_NUM_ANNOTATORS - 2
+        per_image.setdefault(row["image_id"], []).append(row["question_type"])
+    for image_id, types in per_image.items():
+        objects = objects_by_image[image_id]
+        # a colour question needs a shape no other object has ("the circle"), a shape question a unique colour
+        unique_shape = any(sum(o["shape"] == obj["shape"] for o in objects) == 1 for obj in objects)
+        unique_colour = any(sum(o["colour"] == obj["colour"] for o in objects) == 1 for obj in objects)
+        expected = ["colour"] * unique_shape + ["shape"] * unique_colour + ["count"] + ["relation"] * (len(objects) - 1)
+        assert types == expected
+    assert len(per_image) == 300 and train["question_id"] == list(range(len(train)))
+    assert vqa["validation"]["question_id"][0] == len(train)
+    assert vqa["validation"]["image_id"][0] == 300
+
+
+def test_vqa_balance_noise_and_images(vqa):
+    train = vqa["train"].remove_columns("image")
+    assert set(train["question_type"]) == set(VQA_QUESTION_TYPES)
+    relation_answers = [a for a, t in zip(train["answer"], train["question_type"]) if t == "relation"]
+    assert abs(relation_answers.count("yes") / len(relation_answers) - 0.5) < 0.1
+    counts = {a for a, t in zip(train["answer"], train["question_type"]) if t == "count"}
+    assert counts == {"0", "1", "2"}
+    noisy = [answers for answer, answers in zip(train["answer"], train["answers"]) if set(answers) != {answer}]
+    assert 0.3 < len(noisy) / len(train) < 0.9  # some but not all questions have disagreeing annotators
+    assert any("two" in answers or "violet" in answers for answers in train["answers"])  # synonyms
+    # image i is image i of make_scenes_dataset with the same seed
+    no_decode = datasets.Image(decode=False)
+    vqa_images = vqa["validation"].cast_column("image", no_decode)
+    scenes = make_scenes_dataset(300, 40, seed=0)["validation"].cast_column("image", no_decode)
+    first = vqa_images[0]
+    assert first["image"]["bytes"] == scenes[0]["image"]["bytes"]
+
+
+def test_vqa_is_deterministic_and_validates():
+    first, again = make_scenes_vqa_dataset(10, 5, seed=1), make_scenes_vqa_dataset(10, 5, seed=1)
+    other = make_scenes_vqa_dataset(10, 5, seed=2)
+    for split in ("train", "validation"):
+        assert first[split]["question"] == again[split]["question"]
+        assert first[split]["answers"] == again[split]["answers"]
+    assert first["train"]["question"] != other["train"]["question"]
+    with_test = make_scenes_vqa_dataset(2, 2, image_size=32, num_test=2)
+    assert list(with_test) == ["train", "validation", "test"] and with_test["test"][0]["image"].size == (32, 32)
+    with pytest.raises(ValueError, match="num_validation"):
+        make_scenes_vqa_dataset(num_validation=-1)
+    with pytest.raises(ValueError, match="image_size"):
+        make_scenes_vqa_dataset(image_size=4)
+
+
+def test_vqa_answer_vocabulary(vqa):
+    id2label, label2id = vqa_answer_vocabulary(vqa)
+    assert list(id2label) == list(range(len(id2label))) and {v: k for k, v in id2label.items()} == label2id
+    assert list(id2label.values()) == sorted(id2label.values())
+    assert set(SCENE_COLOURS) | set(SCENE_SHAPES) | {"yes", "no", "0", "1", "2"} <= set(label2id)
+    assert "two" not in label2id  # normalised to "2"
+    frequent, _ = vqa_answer_vocabulary(vqa, min_count=50)
+    assert "yes" in frequent.values() and len(frequent) < len(id2label)
+    toy = datasets.Dataset.from_dict({"answers": [["A Cat", "cat", "dog"], ["two", "2"]]})
+    assert vqa_answer_vocabulary(toy)[0] == {0: "2", 1: "cat", 2: "dog"}
+    assert vqa_answer_vocabulary(toy, min_count=2)[0] == {0: "2", 1: "cat"}
+    with pytest.raises(ValueError, match="answers_column='labels'"):
+        vqa_answer_vocabulary(toy, answers_column="labels")
+    with pytest.raises(ValueError, match="split='train' is not a split"):
+        vqa_answer_vocabulary(datasets.DatasetDict({"validation": toy}))
+    with pytest.raises(ValueError, match="min_count=5"):
+        vqa_answer_vocabulary(toy, min_count=5)
+
+
+# --- region features --------------------------------------------------------------------------
+
+
+def feats_of(row):
+    return np.array(row["visual_feats"])
+
+
+def test_scenes_region_features():
+    with_regions = make_scenes_dataset(num_train=60, num_validation=10, seed=0, region_features=12)
+    no_decode = datasets.Image(decode=False)
+    for split in ("train", "validation"):
+        # the images and captions do not change when region features are added
+        plain = make_scenes_dataset(60, 10, seed=0)[split].cast_column("image", no_decode)
+        regions = with_regions[split].cast_column("image", no_decode)
+        assert [x["bytes"] for x in plain["image"]] == [x["bytes"] for x in regions["image"]]
+        assert plain["caption"] == regions["caption"]
+    projection_rows = {}
+    for row in with_regions["train"].remove_columns("image"):
+        objects = row["objects"]
+        feats, boxes = np.array(row["visual_feats"]), np.array(row["visual_pos"])
+        scores, labels = np.array(row["region_class_scores"]), row["region_labels"]
+        assert feats.shape == (len(objects) + 1, 12) and boxes.shape == (len(objects) + 1, 4)
+        assert scores.shape == (len(objects) + 1, len(SCENE_SHAPES))
+        np.testing.assert_allclose(scores.sum(axis=1), 1, atol=1e-5)
+        assert labels == [-100] + [SCENE_SHAPES.index(obj["shape"]) for obj in objects]
+        assert boxes[0].tolist() == [0, 0, 1, 1] and boxes.min() >= 0 and boxes.max() <= 1
+        for obj, box, score in zip(objects, boxes[1:], scores[1:]):
+            assert box[0] < obj["x"] < box[2] and box[1] < obj["y"] < box[3]
+            assert score.argmax() == SCENE_SHAPES.index(obj["shape"]) or score.max() < 0.9
+        for obj, feat in zip(objects, feats[1:]):
+            projection_rows.setdefault((obj["shape"], obj["colour"], obj["size"]), []).append(feat)
+    # one fixed projection plus small noise: the same object kind gives close features, different kinds do not
+    groups = [np.stack(v) for v in projection_rows.values() if len(v) >= 2]
+    within = np.mean([np.linalg.norm(g - g.mean(0), axis=1).mean() for g in groups])
+    centres = np.stack([g.mean(0) for g in groups])
+    between = np.mean([np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1 :]])
+    assert within < 0.5 and between > 3 * within
+    # the "detector" does not depend on the dataset seed: an object gets the same features up to the noise
+    obj = with_regions["train"][0]["objects"][0]
+    seeded_features = [
+        scene_region_features([obj], 12, np.random.default_rng(seed))["visual_feats"][1] for seed in range(20)
+    ]
+    assert np.abs(np.mean(seeded_features, axis=0) - feats_of(with_regions["train"][0])[1]).max() < 0.5
+    with pytest.raises(ValueError, match="region_features"):
+        make_scenes_dataset(2, 2, region_features=-1)
+
+
+def test_region_features_are_deterministic():
+    first = make_scenes_dataset(5, 0, seed=3, region_features=4)["train"]
+    again = make_scenes_dataset(5, 0, seed=3, region_features=4)["train"]
+    assert first["visual_feats"] == again["visual_feats"]
+    assert first["region_class_scores"] == again["region_class_scores"]
+
+
+def _region_rows(num_rows, dim=6, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(num_rows):
+        count = 2 + index % 3
+        low = rng.uniform(0, 0.5, (count, 2))
+        rows.append({
+            "caption": f"caption {index}",
+            "visual_feats": rng.standard_normal((count, dim)).astype(np.float32),
+            "visual_pos": np.concatenate([low, low + 0.4], axis=1).astype(np.float32),
+            "image_id": index,
+        })  # fmt: skip
+    return rows
+
+
+def test_load_region_dataset_with_inline_lists(tmp_path, offline):
+    rows = _region_rows(4)
+    os.makedirs(tmp_path / "inline")
+    with open(tmp_path / "inline" / "metadata.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items()}) + "\n")
+    loaded = load_region_text_dataset(tmp_path / "inline", cache_dir=offline)
+    assert list(loaded) == ["train"]
+    train = loaded["train"]
+    assert {"caption", "visual_feats", "visual_pos", "image_id"} <= set(train.column_names)
+    for row, expected in zip(train, rows):
+        assert row["caption"] == expected["caption"]
+        np.testing.assert_allclose(read_region_column(row, "visual_feats"), expected["visual_feats"], rtol=1e-6)
+
+    os.makedirs(tmp_path / "pq" / "train")
+    os.makedirs(tmp_path / "pq" / "val")
+    table = pa.table({"text": [r["caption"] for r in rows], "visual_feats": [r["visual_feats"].tolist() for r in rows],
+                      "visual_pos": [r["visual_pos"].tolist() for r in rows]})  # fmt: skip
+    pq.write_table(table.slice(0, 3), str(tmp_path / "pq" / "train" / "metadata.parquet"))
+    pq.write_table(table.slice(3), str(tmp_path / "pq" / "val" / "metadata.parquet"))
+    loaded = load_region_text_dataset(tmp_path / "pq", cache_dir=offline)
+    assert set(loaded) == {"train", "validation"} and loaded["validation"]["caption"] == ["caption 3"]
+
+
+def test_load_region_dataset_with_npy_files(tmp_path, offline):
+    rows = _region_rows(3)
+    directory = tmp_path / "npy"
+    os.makedirs(directory / "features")
+    with open(directory / "metadata.csv", "w") as f:
+        f.write("caption,visual_feats_file,visual_pos_file\n")
+        for index, row in enumerate(rows):
+            np.save(directory / "features" / f"{index}_feats.npy", row["visual_feats"])
+            np.save(directory / "features" / f"{index}_boxes.npy", row["visual_pos"])
+            f.write(f"{row['caption']},features/{index}_feats.npy,features/{index}_boxes.npy\n")
+    train = load_region_text_dataset(directory, cache_dir=offline)["train"]
+    assert set(train.column_names) == {"caption", "visual_feats_file", "visual_pos_file"}
+    for row, expected in zip(train, rows):
+        assert os.path.isabs(row["visual_feats_file"])
+        np.testing.assert_array_equal(read_region_column(row, "visual_feats"), expected["visual_feats"])
+        np.testing.assert_array_equal(read_region_column(row, "visual_pos"), expected["visual_pos"])
+    assert read_region_column({"caption": "x"}, "visual_feats") is None
+
+    os.remove(directory / "features" / "1_boxes.npy")
+    with pytest.raises(ValueError, match="1 visual_pos_file file.*do not exist.*row 1.*1_boxes.npy"):
+        load_region_text_dataset(directory, cache_dir=offline)
+    np.save(directory / "features" / "1_boxes.npy", np.zeros((5, 4), dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Could not read visual_pos_file"):
+        read_region_column({"visual_pos_file": str(directory / "features" / "1_boxes.npy")}, "visual_pos")
+
+
+def test_load_region_dataset_errors(tmp_path, offline):
+    with pytest.raises(ValueError, match="is not an existing folder"):
+        load_region_text_dataset(tmp_path / "missing", cache_dir=offline)
+    os.makedirs(tmp_path / "empty")
+    (tmp_path / "empty" / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="expected a metadata.jsonl.*notes.txt"):
+        load_region_text_dataset(tmp_path / "empty", cache_dir=offline)
+    os.makedirs(tmp_path / "no_boxes")
+    with open(tmp_path / "no_boxes" / "metadata.jsonl", "w") as f:
+        f.write(json.dumps({"caption": "a cat", "visual_feats": [[0.0, 1.0]]}) + "\n")
+    with pytest.raises(ValueError, match="has no visual_pos column.*columns found"):
+        load_region_text_dataset(tmp_path / "no_boxes", cache_dir=offline)
+    os.makedirs(tmp_path / "bad_boxes")
+    with open(tmp_path / "bad_boxes" / "metadata.jsonl", "w") as f:
+        f.write(json.dumps({"caption": "a cat", "visual_feats": [[0.0, 1.0]], "visual_pos": [[0.0, 1.0]]}) + "\n")
+    with pytest.raises(ValueError, match=r"visual_pos of the first row .* shape \(1, 2\); expected \(1, 4\)"):
+        load_region_text_dataset(tmp_path / "bad_boxes", cache_dir=offline)
+    os.makedirs(tmp_path / "no_text")
+    with open(tmp_path / "no_text" / "metadata.jsonl", "w") as f:
+        f.write(json.dumps({"title": "a cat", "visual_feats": [[0.0, 1.0]], "visual_pos": [[0, 0, 1, 1]]}) + "\n")
+    with pytest.raises(ValueError, match="No text column found"):
+        load_region_text_dataset(tmp_path / "no_text", cache_dir=offline)
+    assert load_region_text_dataset(tmp_path / "no_text", text_column="title", cache_dir=offline)["train"][0][
+        "caption"
+    ] == "a cat"
+
+
+def test_load_region_dataset_saved_to_disk(tmp_path, offline):
+    scenes = make_scenes_dataset(4, 2, image_size=32, region_features=4)
+    scenes.save_to_disk(str(tmp_path / "saved"))
+    loaded = load_region_text_dataset(tmp_path / "saved", cache_dir=offline)
+    assert set(loaded) == {"train", "validation"}
+    assert loaded["train"]["visual_feats"] == scenes["train"]["visual_feats"]

@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -13,10 +14,15 @@ from modeling_vlp.evaluation import (
     encode_images,
     encode_texts,
     evaluate_dual_encoder,
+    evaluate_vqa,
+    normalize_vqa_answer,
     retrieval_chance_levels,
     retrieval_metrics,
+    vqa_accuracy,
+    vqa_score,
     zero_shot_accuracy,
 )
+from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
 
 
 def approx(value):
@@ -344,3 +350,125 @@ def test_evaluate_dual_encoder_requires_columns():
     ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))], "text": ["a red tile"]})
     with pytest.raises(ValueError, match="needs a 'caption' column, found \\['image', 'text'\\]"):
         evaluate_dual_encoder(_OracleModel(), _OracleProcessor(), ds, show_progress=False)
+
+
+# --- VQA --------------------------------------------------------------------------------------
+
+
+def test_normalize_vqa_answer():
+    cases = {
+        "Two": "2",
+        "the Red circle.": "red circle",
+        "A dog": "dog",
+        "black-and-white": "black and white",
+        "yes!": "yes",
+        "2.5": "2.5",
+        "1,000": "1000",
+        "dont know": "don't know",
+        "  None\t": "0",
+        "ten apples": "10 apples",
+        "fire hydrant ?": "fire hydrant",
+    }
+    for text, expected in cases.items():
+        assert normalize_vqa_answer(text) == expected, text
+    with pytest.raises(TypeError, match="answer has type int"):
+        normalize_vqa_answer(3)
+
+
+def test_vqa_score_leave_one_out_values():
+    # 10 annotators, n of them agreeing with the prediction: mean over the 10 subsets of 9 of min(matches / 3, 1).
+    # n = 2: the 2 subsets leaving out a match see 1 match (1/3), the 8 others see 2 (2/3): (2/3 + 16/3) / 10 = 0.6
+    expected = {0: 0.0, 1: 0.3, 2: 0.6, 3: 0.9, 4: 1.0, 10: 1.0}
+    for matches, score in expected.items():
+        answers = ["cat"] * matches + ["dog"] * (10 - matches)
+        assert vqa_score("cat", answers) == pytest.approx(score, abs=1e-12), matches
+    assert vqa_score("Two", ["2", "two", "2 ", "3", "3", "3", "3", "3", "3", "3"]) == pytest.approx(0.9)
+    assert vqa_score("2", ["two"] * 2 + ["3"] * 8, normalize=False) == 0.0
+    # other numbers of answers: the same leave-one-out. 3 answers, 2 matches: (2 * 1/3 + 1 * 2/3) / 3 = 4/9
+    assert vqa_score("yes", ["yes", "yes", "no"]) == pytest.approx(4 / 9)
+    assert vqa_score("yes", ["yes"]) == 1.0 and vqa_score("no", ["yes"]) == 0.0
+    with pytest.raises(ValueError, match="non-empty list"):
+        vqa_score("yes", [])
+    with pytest.raises(ValueError, match="non-empty list"):
+        vqa_score("yes", "yes")
+
+
+def test_vqa_accuracy():
+    answers = [["cat"] * 10, ["cat"] * 2 + ["dog"] * 8, ["dog"] * 10]
+    assert vqa_accuracy(["cat", "cat", "cat"], answers) == pytest.approx(100 * (1 + 0.6 + 0) / 3)
+    with pytest.raises(ValueError, match="predictions has 2 items but answers_lists has 3"):
+        vqa_accuracy(["cat", "dog"], answers)
+    with pytest.raises(ValueError, match="predictions is empty"):
+        vqa_accuracy([], [])
+
+
+_VQA_PALETTE = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
+
+
+class _ColourAnswerer(torch.nn.Module):
+    """Answers the colour of the image (mean of the unnormalised pixels), or the region index set in visual_feats."""
+
+    def __init__(self, num_labels=4):
+        super().__init__()
+        self.palette = torch.nn.Parameter(torch.tensor(list(_VQA_PALETTE.values())) / 255.0, requires_grad=False)
+        self.num_labels = num_labels
+        self.calls = []
+
+    def forward(self, input_ids, attention_mask, pixel_values=None, visual_feats=None, visual_pos=None,
+                visual_attention_mask=None):  # fmt: skip
+        self.calls.append(input_ids.shape[0])
+        if pixel_values is not None:
+            means = pixel_values.mean(dim=(2, 3))
+            answer = torch.cdist(means, self.palette).argmin(dim=1)
+        else:
+            answer = visual_feats[:, 0].argmax(dim=-1)
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(answer, self.num_labels).float())
+
+
+def _vqa_rows():
+    return {
+        "question": ["what colour is it?"] * 4,
+        "answers": [["red"] * 10, ["blue"] * 2 + ["green"] * 8, ["Green."] * 10, ["red"] * 10],
+        "question_type": ["colour", "colour", "other", "other"],
+    }
+
+
+def test_evaluate_vqa_scores_the_argmax_answers():
+    colours = ["red", "blue", "green", "yellow"]
+    dataset = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (8, 8), _VQA_PALETTE[c]) for c in colours], **_vqa_rows()},
+        features=datasets.Features({
+            "image": datasets.Image(), "question": datasets.Value("string"),
+            "answers": datasets.List(datasets.Value("string")), "question_type": datasets.Value("string"),
+        }),
+    )  # fmt: skip
+    tokenizer = VLPTokenizer.train_from_iterator(["what colour is it?"] * 4, vocab_size=30)
+    image_processor = VLPImageProcessor(size={"height": 4, "width": 4}, do_center_crop=False, do_normalize=False)
+    processor = VLPProcessor(image_processor, tokenizer)
+    model = _ColourAnswerer()
+    id2label = {str(index): name for index, name in enumerate(_VQA_PALETTE)}  # as in a saved config
+    metrics = evaluate_vqa(model, processor, dataset, id2label, batch_size=3, show_progress=False)
+    # red: 10/10 -> 1, blue: 2/10 -> 0.6, green: "Green." normalised -> 1, yellow: 0/10 -> 0
+    assert metrics["vqa_accuracy"] == pytest.approx(100 * 2.6 / 4)
+    assert metrics["vqa_accuracy_colour"] == pytest.approx(80.0)
+    assert metrics["vqa_accuracy_other"] == pytest.approx(50.0)
+    assert metrics["num_questions"] == 4.0 and model.calls == [3, 1] and model.training
+    without_types = evaluate_vqa(model, processor, dataset.remove_columns("question_type"), list(_VQA_PALETTE),
+                                 show_progress=False)  # fmt: skip
+    assert set(without_types) == {"vqa_accuracy", "num_questions"}
+    with pytest.raises(ValueError, match="model logits have 4 classes but id2label has 3"):
+        evaluate_vqa(model, processor, dataset, ["red", "green", "blue"], show_progress=False)
+    with pytest.raises(ValueError, match="needs a 'answers' column"):
+        evaluate_vqa(model, processor, dataset.remove_columns("answers"), id2label, show_progress=False)
+
+
+def test_evaluate_vqa_with_region_features():
+    feats = [np.eye(4, dtype=np.float32)[[index, 0]] for index in (0, 2, 1, 3)]  # region 0 names the answer index
+    boxes = [np.array([[0, 0, 1, 1], [0, 0, 0.5, 0.5]], dtype=np.float32)] * 4
+    dataset = datasets.Dataset.from_dict(
+        {"visual_feats": [f.tolist() for f in feats], "visual_pos": [b.tolist() for b in boxes], **_vqa_rows()}
+    )
+    tokenizer = VLPTokenizer.train_from_iterator(["what colour is it?"] * 4, vocab_size=30)
+    metrics = evaluate_vqa(_ColourAnswerer(), VLPProcessor(None, tokenizer), dataset, list(_VQA_PALETTE),
+                           visual_input="regions", show_progress=False)  # fmt: skip
+    assert metrics["vqa_accuracy"] == pytest.approx(100 * 2.6 / 4)

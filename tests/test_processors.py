@@ -653,3 +653,244 @@ def test_processor_accepts_a_datasets_column():
     processor = VLPProcessor(VLPImageProcessor(), VLPTokenizer.train_from_iterator(CAPTIONS, vocab_size=80))
     expected = processor(text=["a red circle", "a blue square"], padding=True, return_tensors="pt")["input_ids"]
     assert torch.equal(processor(text=captions, padding=True, return_tensors="pt")["input_ids"], expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ViLT-style resizing and padding
+
+
+def vilt_like(resize_backend="torchvision", shortest_edge=64):
+    return VLPImageProcessor(
+        size={"shortest_edge": shortest_edge, "longest_edge": int(1333 / 800 * shortest_edge)},
+        size_divisor=32,
+        do_pad=True,
+        do_center_crop=False,
+        resample=3,
+        resize_backend=resize_backend,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+
+
+# portrait, landscape, tiny, larger than longest_edge, square, odd sizes
+VILT_SIZES = [(300, 200), (100, 250), (10, 13), (640, 900), (64, 64), (97, 131), (1000, 700)]
+
+
+def test_matches_vilt_image_processor():
+    from transformers import ViltImageProcessor
+
+    reference = ViltImageProcessor(size={"shortest_edge": 64})
+    images = [noise_image(height, width, seed) for seed, (height, width) in enumerate(VILT_SIZES)]
+    expected = reference(images, return_tensors="pt")
+    ours = vilt_like()(images, return_tensors="pt")
+    assert set(ours) == {"pixel_values", "pixel_mask"}
+    assert ours["pixel_values"].shape == expected["pixel_values"].shape == (7, 3, 96, 96)
+    assert ours["pixel_mask"].dtype == torch.int64
+    assert torch.equal(ours["pixel_mask"], expected["pixel_mask"])
+    assert (ours["pixel_values"] - expected["pixel_values"]).abs().max() <= 1e-5
+    # each image alone: resized sizes (a multiple of 32, longer side within 106) and pixels
+    for image in images:
+        alone, reference_alone = vilt_like()(image, return_tensors="pt"), reference(image, return_tensors="pt")
+        assert alone["pixel_values"].shape == reference_alone["pixel_values"].shape
+        assert (alone["pixel_values"] - reference_alone["pixel_values"]).abs().max() <= 1e-5
+        assert alone["pixel_mask"].all()
+
+
+def test_vilt_layout_pil_backend_and_padding():
+    images = [smooth_image(height, width, seed) for seed, (height, width) in enumerate(VILT_SIZES)]
+    torchvision_out = vilt_like()(images, return_tensors="np")
+    pil_out = vilt_like("pil")(images, return_tensors="np")
+    np.testing.assert_array_equal(pil_out["pixel_mask"], torchvision_out["pixel_mask"])
+    assert np.abs(pil_out["pixel_values"] - torchvision_out["pixel_values"]).max() <= 4 / 255 / 0.5 + 1e-4
+    # zeros outside the mask; the real pixels are the image processed alone
+    mask = pil_out["pixel_mask"].astype(bool)
+    assert (pil_out["pixel_values"].transpose(1, 0, 2, 3)[:, ~mask] == 0).all()
+    first = vilt_like("pil")(images[0], return_tensors="np")["pixel_values"][0]  # 300x200 -> 96x64
+    assert first.shape == (3, 96, 64)
+    np.testing.assert_array_equal(pil_out["pixel_values"][0, :, :96, :64], first)
+    assert mask[0, :96, :64].all() and not mask[0, :, 64:].any()
+    # return_tensors=None: per-image padded arrays and masks
+    listed = vilt_like("pil")(images[:2])
+    assert [a.shape for a in listed["pixel_values"]] == [(3, 96, 96), (3, 96, 96)]
+    assert [m.shape for m in listed["pixel_mask"]] == [(96, 96), (96, 96)]
+    assert listed["pixel_mask"][0].dtype == np.int64
+
+
+def test_padding_size_divisor_options_and_model_input_names():
+    processor = VLPImageProcessor(size={"shortest_edge": 20}, do_center_crop=False, do_pad=True)
+    assert processor.model_input_names == ["pixel_values", "pixel_mask"]
+    assert VLPImageProcessor().model_input_names == ["pixel_values"]
+    out = processor([noise_image(40, 20), noise_image(20, 50)], return_tensors="pt")
+    assert out["pixel_values"].shape == (2, 3, 40, 50) and out["pixel_mask"].shape == (2, 40, 50)
+    assert out["pixel_mask"][0].sum() == 40 * 20 and out["pixel_mask"][1].sum() == 20 * 50
+    assert set(processor(noise_image(30, 30), do_pad=False, return_tensors="np")) == {"pixel_values"}
+    # shortest_edge alone keeps truncating the long side (CLIP); size_divisor floors both sides
+    divided = VLPImageProcessor(size={"shortest_edge": 20}, size_divisor=8, do_center_crop=False)
+    assert pixels(divided, noise_image(30, 45)).shape == (3, 16, 24)  # 20x30 floored to 16x24
+    assert pixels(divided, noise_image(30, 45), size_divisor=1).shape == (3, 20, 30)
+    # with longest_edge, sides are rounded as ViLT does: 3x5 -> 64 x 106.67 -> 107 (truncated: 106)
+    rounded = VLPImageProcessor(size={"shortest_edge": 64, "longest_edge": 200}, do_center_crop=False)
+    assert pixels(rounded, noise_image(3, 5)).shape == (3, 64, 107)
+    assert pixels(VLPImageProcessor(size=64, do_center_crop=False), noise_image(3, 5)).shape == (3, 64, 106)
+    capped = VLPImageProcessor(size={"shortest_edge": 64, "longest_edge": 100}, do_center_crop=False)
+    assert pixels(capped, noise_image(50, 200)).shape == (3, 25, 100)
+
+
+def test_vilt_options_save_and_load(tmp_path):
+    processor = vilt_like("pil")
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"shortest_edge": 64, "longest_edge": 106}
+    assert saved["size_divisor"] == 32 and saved["do_pad"] is True and "model_input_names" not in saved
+    loaded = VLPImageProcessor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == processor.to_dict() and loaded.model_input_names == ["pixel_values", "pixel_mask"]
+    images = [noise_image(50, 70), noise_image(90, 40, 1)]
+    expected, out = processor(images, return_tensors="np"), loaded(images, return_tensors="np")
+    for name in ("pixel_values", "pixel_mask"):
+        np.testing.assert_array_equal(out[name], expected[name])
+
+
+def test_vilt_options_errors():
+    with pytest.raises(ValueError, match="longest_edge.*>= .*shortest_edge"):
+        VLPImageProcessor(size={"shortest_edge": 64, "longest_edge": 32})
+    with pytest.raises(ValueError, match="size_divisor"):
+        VLPImageProcessor(size_divisor=0)
+    with pytest.raises(ValueError, match="size_divisor"):
+        VLPImageProcessor(size_divisor=2.5)
+    # 4x400 at shortest_edge 64 / longest 106 is 1 pixel high, floored to 0 by the divisor
+    message = image_error([noise_image(8, 8), noise_image(4, 400)], size={"shortest_edge": 64, "longest_edge": 106},
+                          size_divisor=32, do_center_crop=False, do_pad=True)  # fmt: skip
+    assert "images[1]" in message and "400x4" in message and "size_divisor=32" in message
+    message = image_error([noise_image(10, 20), noise_image(20, 20)], do_center_crop=False)
+    assert "do_pad=True" in message
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# VLPProcessor: region features
+
+
+def regions(counts, dim=6, seed=0, box_width=4):
+    rng = np.random.default_rng(seed)
+    feats = [rng.standard_normal((count, dim)).astype(np.float32) for count in counts]
+    low = rng.uniform(0, 0.5, (sum(counts), 2))
+    boxes = np.concatenate([low, low + rng.uniform(0, 0.5, low.shape)], axis=1)
+    if box_width == 5:
+        boxes = np.concatenate([boxes, (boxes[:, 2:3] - boxes[:, 0:1]) * (boxes[:, 3:4] - boxes[:, 1:2])], axis=1)
+    splits = np.cumsum(counts)[:-1]
+    return feats, np.split(boxes.astype(np.float32), splits)
+
+
+def test_processor_pads_region_features(tokenizer):
+    processor = VLPProcessor(None, tokenizer)
+    feats, boxes = regions([2, 4, 1])
+    scores = [np.full((count, 3), 1 / 3, dtype=np.float32) for count in (2, 4, 1)]
+    labels = [[0, 1], [2, 2, 1, 0], [1]]
+    out = processor(
+        text=["a cat", "a dog", "a red car"], visual_feats=feats, visual_pos=boxes, region_class_scores=scores,
+        region_labels=labels, paired=True, padding=True, return_tensors="pt",
+    )  # fmt: skip
+    expected_keys = {"input_ids", "attention_mask", "visual_feats", "visual_pos", "visual_attention_mask"}
+    assert set(out) == expected_keys | {"region_class_scores", "region_labels"}
+    assert out["visual_feats"].shape == (3, 4, 6) and out["visual_feats"].dtype == torch.float32
+    assert out["visual_pos"].shape == (3, 4, 4) and out["visual_attention_mask"].dtype == torch.int64
+    assert out["visual_attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    for index, (feat, box) in enumerate(zip(feats, boxes)):
+        count = len(feat)
+        np.testing.assert_array_equal(out["visual_feats"][index, :count].numpy(), feat)
+        np.testing.assert_array_equal(out["visual_pos"][index, :count].numpy(), box)
+        assert (out["visual_feats"][index, count:] == 0).all() and (out["visual_pos"][index, count:] == 0).all()
+    assert out["region_labels"].tolist() == [[0, 1, -100, -100], [2, 2, 1, 0], [1, -100, -100, -100]]
+    assert out["region_class_scores"].shape == (3, 4, 3) and out["region_class_scores"][2, 1:].abs().sum() == 0
+    # other input forms: torch tensors, nested lists, a batched (B, N, D) array, 5-wide boxes, a single item
+    as_tensors = processor(visual_feats=[torch.from_numpy(f) for f in feats], visual_pos=[b.tolist() for b in boxes])
+    np.testing.assert_array_equal(as_tensors["visual_feats"], out["visual_feats"].numpy())
+    batched_feats, batched_boxes = regions([3, 3], box_width=5)
+    batched = processor(visual_feats=np.stack(batched_feats), visual_pos=np.stack(batched_boxes), return_tensors="np")
+    assert batched["visual_pos"].shape == (2, 3, 5) and batched["visual_attention_mask"].all()
+    single = processor(visual_feats=feats[1], visual_pos=boxes[1], return_tensors="pt")
+    assert single["visual_feats"].shape == (1, 4, 6)
+    assert processor.model_input_names == [
+        "input_ids", "attention_mask", "visual_feats", "visual_pos", "visual_attention_mask"
+    ]  # fmt: skip
+
+
+def region_error(processor, error=ValueError, **kwargs):
+    with pytest.raises(error) as info:
+        processor(**kwargs)
+    return str(info.value)
+
+
+def test_processor_region_errors(tokenizer):
+    processor = VLPProcessor(VLPImageProcessor(), tokenizer)
+    region_only = VLPProcessor(None, tokenizer)
+    feats, boxes = regions([2, 3])
+    message = region_error(processor, images=[noise_image(8, 8)], visual_feats=feats, visual_pos=boxes)
+    assert "images and visual_feats were both given" in message
+    assert "has no image processor" in region_error(region_only, images=[noise_image(8, 8)], text="a cat")
+    assert "without visual_pos" in region_error(region_only, visual_feats=feats)
+    assert "visual_pos was given without visual_feats" in region_error(region_only, visual_pos=boxes, text="a cat")
+    message = region_error(region_only, visual_feats=feats, visual_pos=[boxes[0], boxes[0]])
+    assert "visual_pos[1] has 2 boxes but visual_feats[1] has 3 regions" in message
+    message = region_error(region_only, visual_feats=feats, visual_pos=[boxes[0]])
+    assert "visual_feats has 2 items but visual_pos has 1" in message
+    message = region_error(region_only, visual_feats=feats, visual_pos=[boxes[0], boxes[1][:, :3]])
+    assert "visual_pos[1] has shape (3, 3)" in message and "(3, 4)" in message
+    outside = [boxes[0], boxes[1] * 2 + 0.1]
+    message = region_error(region_only, visual_feats=feats, visual_pos=outside)
+    assert "visual_pos[1]" in message and "normalized to [0, 1]" in message
+    flipped = [boxes[0], boxes[1][:, [2, 3, 0, 1]]]
+    assert "x2 < x1" in region_error(region_only, visual_feats=feats, visual_pos=flipped)
+    empty_item = dict(visual_feats=[feats[0], np.zeros((0, 6))], visual_pos=[boxes[0], np.zeros((0, 4))])
+    message = region_error(region_only, **empty_item)
+    assert "visual_feats[1] has no regions" in message
+    message = region_error(region_only, visual_feats=[feats[0], feats[1][:, :5]], visual_pos=boxes)
+    assert "visual_feats[1] has feature dim 5 but visual_feats[0] has 6" in message
+    message = region_error(region_only, visual_feats=[feats[0], [[1.0, 2.0], [3.0]]], visual_pos=boxes)
+    assert "visual_feats[1]" in message
+    message = region_error(region_only, visual_feats=feats, visual_pos=boxes, text=["a cat"], paired=True)
+    assert message == "visual_feats has 2 items but text has 1; paired inputs need one caption per region set."
+    message = region_error(region_only, visual_feats=feats, visual_pos=boxes, region_labels=[[0, 1], [0, 1]])
+    assert "region_labels[1] has shape (2,)" in message and "(3,)" in message
+    message = region_error(region_only, visual_feats=feats, visual_pos=boxes, region_labels=[[0, 1], [0.5, 1, 1]])
+    assert "region_labels[1]" in message and "integers" in message
+    scores = [np.ones((2, 3)), np.ones((3, 4))]
+    assert "region_class_scores[1] has 4 classes" in region_error(
+        region_only, visual_feats=feats, visual_pos=boxes, region_class_scores=scores
+    )
+    assert "visual_feats is an empty list" in region_error(region_only, visual_feats=[], visual_pos=[])
+    assert "got neither" in region_error(region_only)
+
+
+def test_region_only_processor_save_and_load(tokenizer, tmp_path, registered):
+    text_kwargs = {"max_length": 12, "truncation": True}
+    processor = VLPProcessor(image_processor=None, tokenizer=tokenizer, text_kwargs=text_kwargs)
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text())["image_processor"] is None
+    assert "preprocessor_config.json" not in os.listdir(tmp_path)
+    feats, boxes = regions([2, 3])
+    inputs = dict(text=["a cat on a sofa " * 5, "a dog"], visual_feats=feats, visual_pos=boxes, padding=True)
+    expected = processor(**inputs, return_tensors="np")
+    assert expected["input_ids"].shape[1] == 12
+    for loaded in (VLPProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        assert type(loaded) is VLPProcessor and loaded.image_processor is None
+        assert type(loaded.tokenizer) is VLPTokenizer and loaded.text_kwargs == processor.text_kwargs
+        out = loaded(**inputs, return_tensors="np")
+        for name in expected:
+            np.testing.assert_array_equal(out[name], expected[name])
+    # the image-processor case still round-trips, and region inputs work with it too
+    full = VLPProcessor(vilt_like("pil"), tokenizer)
+    full.save_pretrained(tmp_path / "full")
+    loaded = VLPProcessor.from_pretrained(tmp_path / "full")
+    assert loaded.image_processor.to_dict() == full.image_processor.to_dict()
+    assert loaded.model_input_names == ["pixel_values", "pixel_mask", "input_ids", "attention_mask"]
+    assert loaded(visual_feats=feats, visual_pos=boxes)["visual_feats"].shape == (2, 3, 6)
+
+
+def test_region_only_processor_pickles(tokenizer):
+    import copy
+    import pickle
+
+    processor = VLPProcessor(None, tokenizer)
+    for clone in (pickle.loads(pickle.dumps(processor)), copy.deepcopy(processor)):
+        assert clone.image_processor is None
+        assert clone(text="a cat")["input_ids"] == processor(text="a cat")["input_ids"]

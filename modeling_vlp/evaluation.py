@@ -1,4 +1,4 @@
-"""Retrieval and zero-shot evaluation of dual encoders, written once in plain torch.
+"""Retrieval and zero-shot evaluation of dual encoders, and VQA accuracy, written once in plain torch.
 
 Ranking convention, used everywhere here: the rank of the ground truth is 1 + the number of
 wrong candidates scoring *at least* as high as the best ground-truth candidate. Ties therefore
@@ -10,6 +10,7 @@ Flickr30k / COCO protocol.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
@@ -366,4 +367,298 @@ def evaluate_dual_encoder(
             metrics[f"zero_shot_top{k}"] = accuracy[f"top{k}"]
             metrics[f"zero_shot_chance_top{k}"] = float(100 * min(k, len(class_names)) / len(class_names))
         metrics["num_classes"] = float(len(class_names))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Visual question answering
+# ---------------------------------------------------------------------------------------------
+
+# The official VQA evaluation's answer processing (vqaEval.py: processPunctuation, processDigitArticle), with its
+# list of contractions shortened to the common ones.
+_VQA_NUMBERS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+_VQA_ARTICLES = {"a", "an", "the"}
+_VQA_CONTRACTIONS = {
+    "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hasnt": "hasn't", "havent": "haven't", "isnt": "isn't", "shouldnt": "shouldn't",
+    "thats": "that's", "theres": "there's", "wasnt": "wasn't", "werent": "weren't", "whats": "what's",
+    "wont": "won't", "wouldnt": "wouldn't", "youre": "you're", "im": "i'm", "ive": "i've", "lets": "let's",
+}  # fmt: skip
+_VQA_PUNCTUATION = ";/[]\"{}()=+\\_-><@`,?!"
+_VQA_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_VQA_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """An answer as the official VQA evaluation compares it: lowercased, punctuation removed (or turned into spaces
+    inside words, "black-and-white" -> "black and white"), periods dropped except in numbers ("2.5"), number words
+    as digits ("two" -> "2"), articles removed, common contractions given their apostrophe ("dont" -> "don't")."""
+    if not isinstance(text, str):
+        raise TypeError(f"answer has type {type(text).__name__}; expected str.")
+    text = text.replace("\n", " ").replace("\t", " ").strip().lower()
+    for mark in _VQA_PUNCTUATION:
+        if f"{mark} " in text or f" {mark}" in text or _VQA_COMMA_STRIP.search(text) is not None:
+            text = text.replace(mark, "")
+        else:
+            text = text.replace(mark, " ")
+    text = _VQA_PERIOD_STRIP.sub("", text)
+    words = [_VQA_NUMBERS.get(word, word) for word in text.split()]
+    return " ".join(_VQA_CONTRACTIONS.get(word, word) for word in words if word not in _VQA_ARTICLES)
+
+
+def vqa_score(prediction: str, answers: Sequence[str], normalize: bool = True) -> float:
+    """The official VQA accuracy of one prediction, in [0, 1]: the mean, over the leave-one-out subsets of the
+    annotators' answers (10 subsets of 9 for VQA's 10 annotators), of min(#answers equal to the prediction / 3, 1).
+
+    With 10 answers: 0, 1, 2, 3 matches score 0, 0.3, 0.6, 0.9, and 4 or more score 1. A single answer scores 1 if
+    it matches (there is nothing to leave out). Answers and prediction are compared after `normalize_vqa_answer`.
+    """
+    if isinstance(answers, str) or len(answers) == 0:
+        raise ValueError(f"answers must be a non-empty list of annotator answers, got {answers!r}")
+    if normalize:
+        prediction = normalize_vqa_answer(prediction)
+        answers = [normalize_vqa_answer(answer) for answer in answers]
+    matches = sum(answer == prediction for answer in answers)
+    if len(answers) == 1:
+        return float(matches)
+    # Leaving out a matching answer leaves matches - 1 of them; leaving out another leaves all of them.
+    total = matches * min((matches - 1) / 3, 1.0) + (len(answers) - matches) * min(matches / 3, 1.0)
+    return total / len(answers)
+
+
+def vqa_accuracy(predictions: Sequence[str], answers_lists: Sequence[Sequence[str]]) -> float:
+    """Mean `vqa_score` (%) of predictions against their annotators' answers."""
+    if len(predictions) != len(answers_lists):
+        raise ValueError(
+            f"predictions has {len(predictions)} items but answers_lists has {len(answers_lists)}; expected one list "
+            "of answers per prediction."
+        )
+    if len(predictions) == 0:
+        raise ValueError("predictions is empty")
+    return 100.0 * sum(vqa_score(p, a) for p, a in zip(predictions, answers_lists)) / len(predictions)
+
+
+def _id2label_list(id2label) -> list[str]:
+    if isinstance(id2label, dict):
+        labels = {int(index): label for index, label in id2label.items()}
+        if sorted(labels) != list(range(len(labels))):
+            raise ValueError(f"id2label keys must be 0..{len(labels) - 1}, got {sorted(labels)[:10]}...")
+        return [labels[index] for index in range(len(labels))]
+    return list(id2label)
+
+
+def evaluate_vqa(
+    model,
+    processor,
+    dataset,
+    id2label,
+    batch_size: int = 64,
+    image_column: str = "image",
+    question_column: str = "question",
+    answers_column: str = "answers",
+    question_type_column: str = "question_type",
+    visual_input: str = "patches",
+    max_length: int | None = None,
+    device: torch.device | str | None = None,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """VQA accuracy (%) of a question-answering model: the argmax of its `logits` over `id2label`, scored against
+    each question's annotator answers with `vqa_score`.
+
+    Args:
+        model: Any model whose output has `logits` `(B, num_labels)`, called with the processor's tensors
+            (`pixel_values` (+ `pixel_mask`) or `visual_feats` / `visual_pos` / `visual_attention_mask`, and
+            `input_ids`, `attention_mask` (+ `token_type_ids`)).
+        processor: A `VLPProcessor` (or any processor with the same call).
+        dataset: A `datasets.Dataset` with the image (or region) columns, questions and answers.
+        id2label: Answer of each logit, a list or a dict `{index: answer}` (e.g. `model.config.id2label`).
+        visual_input: `"patches"` (images in `image_column`) or `"regions"` (`visual_feats` and `visual_pos`
+            columns, or their `.npy` files, see `VLPQuestionAnsweringCollator`).
+
+    Returns:
+        `vqa_accuracy`, `num_questions` and, when the dataset has `question_type_column`, `vqa_accuracy_<type>` for
+        each question type.
+    """
+    from .collators import VLPQuestionAnsweringCollator  # collators import this module
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for column in (question_column, answers_column):
+        if column not in dataset.column_names:
+            raise ValueError(f"dataset needs a {column!r} column, found {dataset.column_names}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+    labels = _id2label_list(id2label)
+    collator = VLPQuestionAnsweringCollator(
+        processor,
+        label2id={label: index for index, label in enumerate(labels)},
+        image_column=image_column,
+        question_column=question_column,
+        answers_column=answers_column,
+        max_length=max_length,
+        visual_input=visual_input,
+    )
+    device = torch.device(device) if device is not None else _model_device(model)
+    dtype = _model_dtype(model)
+    predictions = []
+    with _eval_mode(model), torch.no_grad():
+        for start in tqdm(range(0, len(dataset), batch_size), desc="Answering", disable=not show_progress):
+            columns = dataset[start : start + batch_size]
+            rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            batch = collator(rows)
+            batch.pop("labels")
+            inputs = {
+                name: value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+                for name, value in batch.items()
+            }
+            logits = model(**inputs).logits
+            if logits.shape[-1] != len(labels):
+                raise ValueError(f"model logits have {logits.shape[-1]} classes but id2label has {len(labels)}")
+            predictions.extend(labels[index] for index in logits.argmax(dim=-1).tolist())
+
+    answers_lists = list(dataset[answers_column])
+    scores = [vqa_score(prediction, answers) for prediction, answers in zip(predictions, answers_lists)]
+    metrics = {"vqa_accuracy": 100.0 * sum(scores) / len(scores), "num_questions": float(len(scores))}
+    if question_type_column in dataset.column_names:
+        by_type: dict[str, list[float]] = {}
+        for question_type, score in zip(dataset[question_type_column], scores):
+            by_type.setdefault(question_type, []).append(score)
+        for question_type, values in sorted(by_type.items()):
+            metrics[f"vqa_accuracy_{question_type}"] = 100.0 * sum(values) / len(values)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Image-text matching models (single-stream): every pair goes through the model
+# --------------------------------------------------------------------------------------------------------------
+
+VISUAL_INPUT_NAMES = ("pixel_values", "pixel_mask", "visual_feats", "visual_pos", "visual_attention_mask")
+
+
+def _match_scores(outputs) -> torch.Tensor:
+    """Log-odds of a match from an ITM head's two logits, or a retrieval model's single score."""
+    itm_logits = outputs.get("itm_logits") if hasattr(outputs, "get") else None
+    if itm_logits is not None:
+        return (itm_logits[:, 1] - itm_logits[:, 0]).float()
+    return outputs.logits.reshape(-1).float()
+
+
+@torch.no_grad()
+def image_text_match_scores(
+    model,
+    visual_inputs: dict[str, torch.Tensor],
+    text_inputs: dict[str, torch.Tensor],
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """(num_images, num_texts) ITM scores of every image with every text, for models that read the pair jointly.
+
+    `visual_inputs` holds per-image tensors (`pixel_values` (+ `pixel_mask`) or `visual_feats`, `visual_pos`,
+    `visual_attention_mask`), `text_inputs` per-text ones (`input_ids`, `attention_mask`, ...). Each image is paired
+    with `batch_size` texts per forward; scores are the ITM log-odds (or a retrieval model's `logits`)."""
+    visual_inputs = {key: value for key, value in visual_inputs.items() if key in VISUAL_INPUT_NAMES and value is not None}
+    if not visual_inputs:
+        raise ValueError(f"visual_inputs needs one of {VISUAL_INPUT_NAMES}; got {sorted(visual_inputs)}.")
+    if "input_ids" not in text_inputs:
+        raise ValueError(f"text_inputs needs `input_ids`; got {sorted(text_inputs)}.")
+    device = _model_device(model)
+    num_images = next(iter(visual_inputs.values())).shape[0]
+    num_texts = text_inputs["input_ids"].shape[0]
+    scores = torch.empty(num_images, num_texts)
+    with _eval_mode(model):
+        for image in tqdm(range(num_images), desc="ITM scores", disable=not show_progress):
+            for start in range(0, num_texts, batch_size):
+                texts = {key: value[start : start + batch_size].to(device) for key, value in text_inputs.items()}
+                count = texts["input_ids"].shape[0]
+                visual = {
+                    key: value[image : image + 1].to(device).expand(count, *value.shape[1:])
+                    for key, value in visual_inputs.items()
+                }
+                scores[image, start : start + count] = _match_scores(model(**visual, **texts, return_dict=True)).cpu()
+    return scores
+
+
+def _visual_batch(processor, eval_dataset) -> dict[str, torch.Tensor]:
+    columns = eval_dataset.column_names
+    if "visual_feats" in columns:
+        return dict(
+            processor(
+                visual_feats=eval_dataset["visual_feats"], visual_pos=eval_dataset["visual_pos"], return_tensors="pt"
+            )
+        )
+    if "image" not in columns:
+        raise ValueError(f"eval_dataset needs an 'image' column or 'visual_feats'/'visual_pos' columns; it has {columns}.")
+    return dict(processor(images=list(eval_dataset["image"]), return_tensors="pt"))
+
+
+def evaluate_image_text_matching(
+    model,
+    processor,
+    eval_dataset,
+    num_images: int = 100,
+    batch_size: int = 64,
+    ks: Sequence[int] = (1, 5, 10),
+    mlm_probability: float = 0.15,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Retrieval, ITM and MLM metrics of a single-stream (unified) model on an image-text split.
+
+    Retrieval scores every pair of the first `num_images` images with all their captions through the ITM head
+    (num_images x num_texts forward rows, hence the subset), under the multi-caption protocol of
+    `retrieval_metrics`. `itm_accuracy` is the share of pairs classified right (match when log-odds > 0) among the
+    positive pairs and as many negatives (each caption with the next image's). `mlm_accuracy` is the share of masked
+    caption tokens (seeded, BERT 80/10/10) predicted right when the model has an MLM head.
+    """
+    from .masking import mask_tokens_for_mlm
+
+    if len(eval_dataset) == 0:
+        raise ValueError("eval_dataset is empty.")
+    if "caption" not in eval_dataset.column_names:
+        raise ValueError(f"eval_dataset needs a 'caption' column; it has {eval_dataset.column_names}.")
+    subset = eval_dataset.select(range(min(num_images, len(eval_dataset))))
+    tokenizer = processor.tokenizer
+    texts, text_to_image = _retrieval_texts(subset)
+    text_inputs = dict(
+        tokenizer(texts, padding=True, truncation=True, max_length=_text_max_length(model, tokenizer), return_tensors="pt")
+    )
+    visual_inputs = _visual_batch(processor, subset)
+    scores = image_text_match_scores(model, visual_inputs, text_inputs, batch_size, show_progress)
+    metrics = retrieval_metrics(scores, text_to_image, ks)
+    metrics.update(retrieval_chance_levels(text_to_image, len(subset), ks))
+    metrics["num_images"] = float(len(subset))
+    metrics["num_texts"] = float(len(texts))
+
+    image_index = torch.as_tensor(text_to_image)
+    positives = scores[image_index, torch.arange(len(texts))]
+    negatives = scores[(image_index + 1) % len(subset), torch.arange(len(texts))] if len(subset) > 1 else None
+    correct = (positives > 0).float().sum() + (0 if negatives is None else (negatives <= 0).float().sum())
+    metrics["itm_accuracy"] = float(100 * correct / (len(texts) * (1 if negatives is None else 2)))
+
+    mask_token_id = getattr(tokenizer, "mask_token_id", None)
+    if mlm_probability > 0 and mask_token_id is not None and hasattr(model, "mlm_head"):
+        generator = torch.Generator().manual_seed(seed)
+        captions = dict(
+            tokenizer(list(subset["caption"]), padding=True, truncation=True,
+                      max_length=_text_max_length(model, tokenizer), return_tensors="pt", return_special_tokens_mask=True)
+        )  # fmt: skip
+        special = captions.pop("special_tokens_mask").bool()
+        captions["input_ids"], labels = mask_tokens_for_mlm(
+            captions["input_ids"], special, mask_token_id, len(tokenizer), mlm_probability, generator,
+            captions["attention_mask"],
+        )  # fmt: skip
+        device, hits, total = _model_device(model), 0, 0
+        with torch.no_grad(), _eval_mode(model):
+            for start in range(0, len(subset), batch_size):
+                batch = {key: value[start : start + batch_size].to(device) for key, value in captions.items()}
+                batch.update({key: value[start : start + batch_size].to(device) for key, value in visual_inputs.items()})
+                logits = model(**batch, return_dict=True).mlm_logits
+                chunk = labels[start : start + batch_size].to(device)
+                masked = chunk != -100
+                hits += int((logits.argmax(-1)[masked] == chunk[masked]).sum())
+                total += int(masked.sum())
+        metrics["mlm_accuracy"] = float(100 * hits / max(total, 1))
     return metrics

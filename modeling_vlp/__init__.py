@@ -7,11 +7,18 @@ from .configuration_vlp import (
     PRESETS,
     VLPDualEncoderConfig,
     VLPTextConfig,
+    VLPUnifiedConfig,
     VLPVisionConfig,
     get_preset_config,
     preset_names,
 )
 from .modeling_dual_encoder import VLPDualEncoderModel, VLPDualEncoderOutput, VLPTextModel, VLPVisionModel
+from .modeling_unified import (
+    VLPUnifiedForImageTextRetrieval,
+    VLPUnifiedForPreTraining,
+    VLPUnifiedForQuestionAnswering,
+    VLPUnifiedModel,
+)
 from .registration import register_auto_classes
 
 

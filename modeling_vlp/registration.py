@@ -13,13 +13,17 @@ from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForPreTraining,
+    AutoModelForVisualQuestionAnswering,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
     AutoTokenizer,
 )
 
-from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig
+from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPUnifiedConfig, VLPVisionConfig
 from .modeling_dual_encoder import VLPDualEncoderModel, VLPTextModel, VLPVisionModel
+from .modeling_unified import VLPUnifiedForPreTraining, VLPUnifiedForQuestionAnswering, VLPUnifiedModel
 from .processors.image_processing_vlp import VLPImageProcessor
 from .processors.processing_vlp import VLPProcessor
 from .processors.tokenization_vlp import VLPTokenizer
@@ -39,17 +43,37 @@ def _register_models() -> None:
         config_class.register_for_auto_class()
         model_class.register_for_auto_class("AutoModel")
     AutoModelForZeroShotImageClassification.register(VLPDualEncoderConfig, VLPDualEncoderModel, exist_ok=True)
+    # Families with heads: one class per Auto class. Saved checkpoints list every one of them in `auto_map`
+    # (`VLPPreTrainedModel.save_pretrained`), whichever class saved them.
+    for config_class, auto_classes in (
+        (
+            VLPUnifiedConfig,
+            {
+                AutoModel: VLPUnifiedModel,
+                AutoModelForPreTraining: VLPUnifiedForPreTraining,
+                AutoModelForMaskedLM: VLPUnifiedForPreTraining,
+                AutoModelForVisualQuestionAnswering: VLPUnifiedForQuestionAnswering,
+            },
+        ),
+    ):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        config_class.register_for_auto_class()
+        for auto_class, model_class in auto_classes.items():
+            auto_class.register(config_class, model_class, exist_ok=True)
+            if getattr(model_class, "_auto_class", None) is None:
+                model_class.register_for_auto_class(auto_class.__name__)
 
 
 def _register_processors() -> None:
     # transformers 5 keys image processors by backend; ours is PIL-based whichever backend is asked for.
     image_processor_classes = {"pil": VLPImageProcessor, "torchvision": VLPImageProcessor}
-    for config_class in (VLPVisionConfig, VLPDualEncoderConfig):
+    for config_class in (VLPVisionConfig, VLPDualEncoderConfig, VLPUnifiedConfig):
         AutoImageProcessor.register(config_class, image_processor_classes=image_processor_classes, exist_ok=True)
-    for config_class in (VLPTextConfig, VLPDualEncoderConfig):
+    for config_class in (VLPTextConfig, VLPDualEncoderConfig, VLPUnifiedConfig):
         # transformers 5: one `tokenizer_class` (the slow/fast pair arguments are deprecated).
         AutoTokenizer.register(config_class, tokenizer_class=VLPTokenizer, exist_ok=True)
-    AutoProcessor.register(VLPDualEncoderConfig, VLPProcessor, exist_ok=True)
+    for config_class in (VLPDualEncoderConfig, VLPUnifiedConfig):
+        AutoProcessor.register(config_class, VLPProcessor, exist_ok=True)
     VLPImageProcessor.register_for_auto_class("AutoImageProcessor")
     VLPTokenizer.register_for_auto_class("AutoTokenizer")
     VLPProcessor.register_for_auto_class("AutoProcessor")

@@ -255,7 +255,8 @@ def _region_items(values: Any, name: str, dtype) -> list[np.ndarray]:
         expected_rank = 2 if name == "region_labels" else 3
         # One image's regions (a single (N, D) array) is a batch of one.
         items = [array] if array.ndim == expected_rank - 1 else list(array)
-    elif isinstance(values, (list, tuple)):
+    elif isinstance(values, Sequence) and not isinstance(values, str):
+        # lists, tuples, and sequences such as a datasets `Column`
         items = list(values)
     else:
         raise TypeError(f"{name} has type {type(values).__name__}; expected a list with one array per image.")

@@ -1,0 +1,1036 @@
+"""The unified single-stream family: one transformer over `[text; visual]` tokens (ViLT, VisualBERT, UNITER).
+
+Visual tokens are image patches (ViLT: padded variable-size images with `pixel_mask`, positions resized to each
+image's own patch grid, optional patch sampling in training) or detector regions (VisualBERT, UNITER: features and
+boxes). Heads: image-text matching (ITM), masked language modelling (MLM, tied to the word embeddings), masked image
+modelling (MIM: normalised-pixel regression for patches, feature regression + classification for regions), VQA.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_vlp import VLPUnifiedConfig
+from .modeling_layers import (
+    VLPEncoder,
+    VLPPatchEmbeddings,
+    VLPPooler,
+    VLPPreTrainedModel,
+    VLPTextEmbeddings,
+    self_attention_mask,
+)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VLPUnifiedModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length + num_visual_tokens, hidden_size)`):
+        The encoder's output over `[text; visual]` (after the final LayerNorm of a pre-norm model).
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        dense + tanh of the first token.
+    text_length (`int`):
+        Number of text tokens `T`: `last_hidden_state[:, :T]` is text, `last_hidden_state[:, T:]` visual.
+    visual_attention_mask (`torch.LongTensor` of shape `(batch_size, num_visual_tokens)`):
+        The mask actually used for the visual tokens (1 = attended), including the class token of patch inputs.
+    visual_token_index (`torch.LongTensor` of shape `(batch_size, num_visual_tokens)`, *optional*):
+        Patch inputs: the index of each visual token in its image's patch grid (raster order over the
+        `pixel_values` grid, -1 for the class token); tells which patches were kept when they are sampled. None for
+        region inputs, whose visual token j is region j.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The embeddings and every layer's output, each `(batch_size, sequence_length, hidden_size)`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Every layer's attention weights `(batch_size, num_heads, sequence_length, sequence_length)` (eager only).
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    text_length: int | None = None
+    visual_attention_mask: torch.Tensor | None = None
+    visual_token_index: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class VLPUnifiedForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        `itm_loss_weight * loss_itm + mlm_loss_weight * loss_mlm + mim_loss_weight * loss_mim` over the losses
+        computed (each only when its labels or mask are given).
+    loss_itm (`torch.FloatTensor` of shape `()`, *optional*, with `itm_labels`):
+        Cross-entropy of `itm_logits` against `itm_labels` (1 = the caption matches the image).
+    loss_mlm (`torch.FloatTensor` of shape `()`, *optional*, with `mlm_labels`):
+        Cross-entropy over the labelled text tokens of matching rows.
+    loss_mim (`torch.FloatTensor` of shape `()`, *optional*, with `mim_mask`):
+        Patches: mean squared error to the per-patch normalised pixels of the masked patches. Regions:
+        `loss_mim_regression + loss_mim_classification`.
+    loss_mim_regression (`torch.FloatTensor` of shape `()`, *optional*, regions only):
+        Mean squared error to the original features of the masked regions (UNITER's MRFR).
+    loss_mim_classification (`torch.FloatTensor` of shape `()`, *optional*, regions only):
+        KL divergence to `region_class_scores`, or cross-entropy to `region_labels`, over the masked regions.
+    mlm_logits (`torch.FloatTensor` of shape `(batch_size, text_length, vocab_size)`):
+        Masked-LM scores of the text tokens.
+    itm_logits (`torch.FloatTensor` of shape `(batch_size, 2)`):
+        Image-text matching scores (index 1: match).
+    mim_predictions (`torch.FloatTensor`, *optional*, with `mim_mask`):
+        Patches: `(batch_size, num_visual_tokens, patch_size**2 * num_channels)`, the predicted normalised pixels of
+        each visual token's patch (the class token's row is unused). Regions: `(batch_size, num_regions,
+        visual_feat_dim)`, the predicted region features.
+    mim_class_logits (`torch.FloatTensor` of shape `(batch_size, num_regions, num_object_labels)`, *optional*):
+        Region classification scores (regions with `num_object_labels > 0`, with `mim_mask`).
+    hidden_states, attentions: as `VLPUnifiedModelOutput`.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_itm: torch.Tensor | None = None
+    loss_mlm: torch.Tensor | None = None
+    loss_mim: torch.Tensor | None = None
+    loss_mim_regression: torch.Tensor | None = None
+    loss_mim_classification: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    mim_predictions: torch.Tensor | None = None
+    mim_class_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class VLPUnifiedImageTextRetrievalOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, with `labels`):
+        Cross-entropy of `itm_logits` against `labels` (1 = match).
+    logits (`torch.FloatTensor` of shape `(batch_size,)`):
+        Matching score: the log-odds `itm_logits[:, 1] - itm_logits[:, 0]`.
+    itm_logits (`torch.FloatTensor` of shape `(batch_size, 2)`):
+        The ITM head's two scores (index 1: match).
+    hidden_states, attentions: as `VLPUnifiedModelOutput`.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _shape(tensor) -> tuple:
+    return tuple(tensor.shape)
+
+
+def check_text_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids) -> tuple[int, int]:
+    """Returns (batch_size, text_length)."""
+    if input_ids is not None and inputs_embeds is not None:
+        raise ValueError("Pass either `input_ids` or `inputs_embeds`, not both.")
+    if input_ids is None and inputs_embeds is None:
+        raise ValueError("`input_ids` is required: pass texts through the tokenizer or processor first.")
+    if input_ids is not None and input_ids.ndim != 2:
+        raise ValueError(f"`input_ids` must have shape (batch_size, text_length), got {_shape(input_ids)}.")
+    if inputs_embeds is not None and (inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != config.hidden_size):
+        raise ValueError(
+            f"`inputs_embeds` must have shape (batch_size, text_length, {config.hidden_size}), "
+            f"got {_shape(inputs_embeds)}."
+        )
+    batch_size, text_length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+    if text_length > config.max_position_embeddings:
+        raise ValueError(
+            f"The text has {text_length} tokens, more than the model's {config.max_position_embeddings} positions "
+            "(`max_position_embeddings`); truncate it (e.g. `truncation=True, max_length=...`)."
+        )
+    for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if value is not None and _shape(value) != (batch_size, text_length):
+            raise ValueError(
+                f"`{name}` must have the shape of the text, ({batch_size}, {text_length}), got {_shape(value)}."
+            )
+    return batch_size, text_length
+
+
+def check_visual_inputs(
+    config, batch_size, pixel_values, pixel_mask, visual_feats, visual_pos, visual_attention_mask
+) -> int:
+    """Returns the number of MIM units: patches of the `pixel_values` grid, or regions."""
+    if pixel_values is not None and visual_feats is not None:
+        raise ValueError("Pass either `pixel_values` (images) or `visual_feats` (region features), not both.")
+    if pixel_values is None and visual_feats is None:
+        expected = "`pixel_values`" if config.visual_input == "patches" else "`visual_feats` (and `visual_pos`)"
+        raise ValueError(f"No visual input: this model (visual_input={config.visual_input!r}) needs {expected}.")
+    if config.visual_input == "patches":
+        return _check_pixels(config, batch_size, pixel_values, pixel_mask, visual_feats, visual_attention_mask)
+    return _check_regions(config, batch_size, pixel_values, visual_feats, visual_pos, visual_attention_mask)
+
+
+def _check_pixels(config, batch_size, pixel_values, pixel_mask, visual_feats, visual_attention_mask) -> int:
+    if visual_feats is not None:
+        raise ValueError(
+            "This model embeds image patches (visual_input='patches'): pass `pixel_values`, not `visual_feats`."
+        )
+    if visual_attention_mask is not None:
+        raise ValueError(
+            "`visual_attention_mask` is for region inputs; a patch model takes `pixel_mask` (batch_size, height, "
+            "width) for padded images."
+        )
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != config.num_channels:
+        raise ValueError(
+            f"`pixel_values` must have shape (batch_size, {config.num_channels}, height, width), "
+            f"got {_shape(pixel_values)}."
+        )
+    images, _, height, width = pixel_values.shape
+    if images != batch_size:
+        raise ValueError(
+            f"The batch has {batch_size} texts but {images} images (`pixel_values`); pass one image per text."
+        )
+    if height % config.patch_size or width % config.patch_size:
+        raise ValueError(
+            f"`pixel_values` height and width ({height}x{width}) must be multiples of the patch size "
+            f"({config.patch_size}); the image processor's `size_divisor` does that."
+        )
+    side = config.image_size // config.patch_size
+    too_large = height // config.patch_size > side or width // config.patch_size > side
+    if not config.interpolate_pos_encoding and too_large:
+        raise ValueError(
+            f"`pixel_values` of {height}x{width} has more patches per side than the model's {side}x{side} position "
+            f"embeddings ({config.image_size}px images, interpolate_pos_encoding=False)."
+        )
+    if pixel_mask is not None and _shape(pixel_mask) != (images, height, width):
+        raise ValueError(
+            f"`pixel_mask` must have shape (batch_size, height, width) = {(images, height, width)}, "
+            f"got {_shape(pixel_mask)}."
+        )
+    return (height // config.patch_size) * (width // config.patch_size)
+
+
+def _check_regions(config, batch_size, pixel_values, visual_feats, visual_pos, visual_attention_mask) -> int:
+    if pixel_values is not None:
+        raise ValueError(
+            "This model embeds detector regions (visual_input='regions'): pass `visual_feats` and `visual_pos`, "
+            "not `pixel_values`."
+        )
+    if visual_feats.ndim != 3 or visual_feats.shape[-1] != config.visual_feat_dim:
+        raise ValueError(
+            f"`visual_feats` must have shape (batch_size, num_regions, {config.visual_feat_dim}), "
+            f"got {_shape(visual_feats)}."
+        )
+    images, num_regions = visual_feats.shape[:2]
+    if images != batch_size:
+        raise ValueError(
+            f"The batch has {batch_size} texts but {images} images (`visual_feats`); pass one image per text."
+        )
+    if num_regions > config.max_regions:
+        raise ValueError(
+            f"`visual_feats` has {num_regions} regions per image, more than the model's `max_regions` "
+            f"({config.max_regions})."
+        )
+    if visual_attention_mask is not None and _shape(visual_attention_mask) != (images, num_regions):
+        raise ValueError(
+            f"`visual_attention_mask` must have shape (batch_size, num_regions) = {(images, num_regions)}, "
+            f"got {_shape(visual_attention_mask)}."
+        )
+    if config.box_embedding == "none":
+        if visual_pos is not None:
+            raise ValueError("This model takes no boxes (box_embedding='none', as VisualBERT): drop `visual_pos`.")
+        return num_regions
+    widths = (config.visual_pos_dim,) if config.box_embedding == "linear" else (4, 7)
+    if visual_pos is None:
+        raise ValueError(
+            f"`visual_pos` (batch_size, num_regions, {' or '.join(map(str, widths))}) is required: this model "
+            f"embeds the region boxes (box_embedding={config.box_embedding!r})."
+        )
+    if visual_pos.ndim != 3 or _shape(visual_pos)[:2] != (images, num_regions) or visual_pos.shape[-1] not in widths:
+        raise ValueError(
+            f"`visual_pos` must have shape (batch_size, num_regions, {' or '.join(map(str, widths))}) = "
+            f"({images}, {num_regions}, ...), got {_shape(visual_pos)}."
+        )
+    if config.normalized_boxes and bool(((visual_pos < 0) | (visual_pos > 1)).any()):
+        raise ValueError(
+            f"`visual_pos` has values in [{visual_pos.min().item():.4g}, {visual_pos.max().item():.4g}], but this "
+            "model expects boxes normalised to [0, 1] by the image size (normalized_boxes=True)."
+        )
+    return num_regions
+
+
+def check_mim_mask(mim_mask, batch_size: int, num_units: int, visual_input: str) -> torch.Tensor | None:
+    if mim_mask is None:
+        return None
+    units = "patches of the pixel_values grid" if visual_input == "patches" else "regions"
+    if _shape(mim_mask) != (batch_size, num_units):
+        raise ValueError(
+            f"`mim_mask` must have shape (batch_size, number of {units}) = {(batch_size, num_units)}, "
+            f"got {_shape(mim_mask)}."
+        )
+    return mim_mask.bool()
+
+
+def check_labels(name: str, labels, expected: tuple, what: str) -> None:
+    if labels is not None and _shape(labels) != expected:
+        raise ValueError(f"`{name}` must have shape {what} = {expected}, got {_shape(labels)}.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------------------------
+
+
+class VLPUnifiedPatchEmbeddings(VLPPatchEmbeddings):
+    """ViLT's visual embedding: patches of padded, variable-size images.
+
+    The parameters are those of `VLPPatchEmbeddings` (patch projection, class token, positions of the configured
+    grid) plus the MIM `mask_token`; `forward` differs: a patch is valid when the top-left pixel of its square is
+    (`pixel_mask` resized to the patch grid by nearest neighbour, as ViLT), the position grid is resized bilinearly
+    (align_corners, as ViLT) to each image's valid grid and padded with zeros, and the tokens kept are every valid
+    patch (evaluation, or `max_image_length=-1`) or a random `max_image_length` of them (training).
+    """
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__(config)
+        self.grid_side = config.image_size // config.patch_size
+        self.max_image_length = config.max_image_length
+        self.interpolate = config.interpolate_pos_encoding
+        self.mask_token = nn.Parameter(torch.zeros(self.embed_dim))
+
+    def grid_positions(self, heights: torch.Tensor, widths: torch.Tensor, grid_height: int, grid_width: int):
+        """(B, grid_height * grid_width, D) positions: each image's (height, width) valid grid gets the learned
+        grid resized to it, the rest zeros."""
+        batch_size = heights.shape[0]
+        side = self.grid_side
+        grid = self.position_embedding.weight[self.num_prefix_tokens :]
+        grid = grid.reshape(side, side, self.embed_dim).permute(2, 0, 1).unsqueeze(0)  # (1, D, side, side)
+        if not self.interpolate:
+            grid = grid[..., :grid_height, :grid_width]
+            return grid.flatten(2).transpose(1, 2).expand(batch_size, -1, -1)
+        sizes = torch.stack([heights, widths], dim=1).unique(dim=0).tolist()
+        if len(sizes) == 1 and sizes[0] == [grid_height, grid_width]:
+            resized = self._resize(grid, grid_height, grid_width)
+            return resized.flatten(2).transpose(1, 2).expand(batch_size, -1, -1)
+        positions = grid.new_zeros(batch_size, self.embed_dim, grid_height, grid_width)
+        for height, width in sizes:
+            rows = (heights == height) & (widths == width)
+            positions[rows, :, :height, :width] = self._resize(grid, height, width)
+        return positions.flatten(2).transpose(1, 2)
+
+    def _resize(self, grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if (height, width) == (self.grid_side, self.grid_side):
+            return grid
+        return F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=True)
+
+    def select_patches(self, valid: torch.Tensor) -> torch.Tensor | None:
+        """(B, num_patches) validity -> (B, L) indices of the patches to keep, in raster order, or None for all.
+        L is the largest valid count (capped at `max_image_length` when sampling); images with fewer valid patches
+        are padded with invalid ones, masked out."""
+        num_patches = valid.shape[1]
+        length = int(valid.sum(dim=1).max())
+        sample = self.training and 0 < self.max_image_length < length
+        if not sample and length == num_patches:
+            return None
+        if sample:
+            length = self.max_image_length
+            priority = torch.rand(valid.shape, device=valid.device)
+        else:
+            priority = torch.arange(num_patches, device=valid.device, dtype=torch.float32).expand_as(valid)
+            priority = priority / num_patches
+        # Valid patches first (priority in [0, 1)), then padding; the first `length` are kept.
+        keep = (priority + (~valid).float() * 2).argsort(dim=1)[:, :length]
+        return keep.sort(dim=1).values
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        mim_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns the visual tokens (B, 1 + L, D) (class token first), their mask (B, 1 + L) and their patch index
+        (B, 1 + L) (-1 for the class token)."""
+        batch_size = pixel_values.shape[0]
+        embeddings = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        grid_height, grid_width = embeddings.shape[-2:]
+        embeddings = embeddings.flatten(2).transpose(1, 2)
+        if mim_mask is not None:
+            # SimMIM / BEiT: a masked patch's embedding becomes the learned mask token; its position stays.
+            embeddings = torch.where(mim_mask.unsqueeze(-1), self.mask_token.to(embeddings.dtype), embeddings)
+
+        if pixel_mask is None:
+            patch_mask = torch.ones(batch_size, grid_height, grid_width, dtype=torch.bool, device=embeddings.device)
+        else:
+            patch_mask = F.interpolate(pixel_mask[:, None].float(), size=(grid_height, grid_width)).squeeze(1) != 0
+        heights, widths = patch_mask[:, :, 0].sum(dim=1), patch_mask[:, 0, :].sum(dim=1)
+        if bool(((heights == 0) | (widths == 0)).any()):
+            empty = ((heights == 0) | (widths == 0)).nonzero().flatten().tolist()
+            raise ValueError(
+                f"`pixel_mask` of image(s) {empty} covers no whole patch: the valid region must start at the "
+                "top-left corner (the image processor pads at the bottom and right)."
+            )
+        embeddings = embeddings + self.grid_positions(heights, widths, grid_height, grid_width)
+
+        valid = patch_mask.flatten(1)
+        keep = self.select_patches(valid)
+        if keep is None:
+            token_index = torch.arange(valid.shape[1], device=valid.device).expand(batch_size, -1)
+        else:
+            embeddings = embeddings.gather(1, keep.unsqueeze(-1).expand(-1, -1, self.embed_dim))
+            valid = valid.gather(1, keep)
+            token_index = keep
+        class_token = (self.class_embedding + self.position_embedding.weight[0]).to(embeddings.dtype)
+        embeddings = torch.cat([class_token.expand(batch_size, 1, -1), embeddings], dim=1)
+        mask = torch.cat([valid.new_ones(batch_size, 1), valid], dim=1).long()
+        token_index = torch.cat([token_index.new_full((batch_size, 1), -1), token_index], dim=1)
+        return embeddings, mask, token_index
+
+
+def uniter_box_features(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) normalised `(x1, y1, x2, y2)` -> UNITER's (..., 7) `[x1, y1, x2, y2, w, h, w * h]`; (..., 7) are
+    returned unchanged."""
+    if boxes.shape[-1] == 7:
+        return boxes
+    width = boxes[..., 2] - boxes[..., 0]
+    height = boxes[..., 3] - boxes[..., 1]
+    return torch.cat([boxes, width[..., None], height[..., None], (width * height)[..., None]], dim=-1)
+
+
+class VLPRegionEmbeddings(nn.Module):
+    """Detector regions: Linear(features) (+ LayerNorm) + Linear(box features) (+ LayerNorm)."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__()
+        hidden_size = config.hidden_size
+        self.box_embedding = config.box_embedding
+        self.feat_projection = nn.Linear(config.visual_feat_dim, hidden_size)
+        self.feat_layer_norm = (
+            nn.LayerNorm(hidden_size, eps=config.layer_norm_eps) if config.visual_feat_layernorm else None
+        )
+        self.box_projection = nn.Linear(config.box_feature_dim, hidden_size) if config.box_feature_dim else None
+        self.box_layer_norm = (
+            nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+            if config.visual_pos_layernorm and config.box_feature_dim
+            else None
+        )
+
+    def forward(
+        self,
+        visual_feats: torch.Tensor,
+        visual_pos: torch.Tensor | None = None,
+        mim_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        dtype = self.feat_projection.weight.dtype
+        feats = visual_feats.to(dtype)
+        if mim_mask is not None:
+            # UNITER's masked region modelling zeroes the masked regions' features (the boxes stay).
+            feats = feats.masked_fill(mim_mask.unsqueeze(-1), 0.0)
+        embeddings = self.feat_projection(feats)
+        if self.feat_layer_norm is not None:
+            embeddings = self.feat_layer_norm(embeddings)
+        if self.box_projection is not None:
+            boxes = uniter_box_features(visual_pos) if self.box_embedding == "uniter" else visual_pos
+            box_embeddings = self.box_projection(boxes.to(dtype))
+            if self.box_layer_norm is not None:
+                box_embeddings = self.box_layer_norm(box_embeddings)
+            embeddings = embeddings + box_embeddings
+        return embeddings
+
+
+class VLPUnifiedEmbeddings(nn.Module):
+    """Text tokens, visual tokens, modality-type embeddings and the LayerNorm(s), placed by `embedding_norm`."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__()
+        self.text_embeddings = VLPTextEmbeddings(config)
+        if config.embedding_norm == "joint":
+            # The joint LayerNorm comes after the text sum: dropout once, after it, as BERT.
+            self.text_embeddings.dropout = nn.Identity()
+        if config.visual_input == "patches":
+            self.visual_embeddings = VLPUnifiedPatchEmbeddings(config)
+        else:
+            self.visual_embeddings = VLPRegionEmbeddings(config)
+        self.modality_type_embedding = nn.Embedding(2, config.hidden_size)
+        self.visual_layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.embedding_norm == "separate" else None
+        )
+        self.layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.embedding_norm == "joint" else None
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def embed_text(self, input_ids=None, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
+        text = self.text_embeddings
+        if inputs_embeds is None:
+            return text(input_ids, token_type_ids=token_type_ids)
+        embeddings = inputs_embeds + text.position_embedding(text.position_ids[:, : inputs_embeds.shape[1]])
+        if text.token_type_embedding is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+            embeddings = embeddings + text.token_type_embedding(token_type_ids)
+        if text.layer_norm is not None:
+            embeddings = text.layer_norm(embeddings)
+        return text.dropout(embeddings)
+
+    def forward(self, text_embeddings: torch.Tensor, visual_embeddings: torch.Tensor) -> torch.Tensor:
+        """Add the modality types to the embedded text (B, T, D) and visual tokens (B, V, D); -> (B, T + V, D)."""
+        text_embeddings = text_embeddings + self.modality_type_embedding.weight[0]
+        visual_embeddings = visual_embeddings + self.modality_type_embedding.weight[1]
+        if self.visual_layer_norm is not None:
+            visual_embeddings = self.visual_layer_norm(visual_embeddings)
+        if self.layer_norm is None:
+            return torch.cat([text_embeddings, self.dropout(visual_embeddings)], dim=1)
+        return self.dropout(self.layer_norm(torch.cat([text_embeddings, visual_embeddings], dim=1)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Heads and losses
+# --------------------------------------------------------------------------------------------------------------
+
+
+class VLPPredictionTransform(nn.Module):
+    """BERT's prediction-head transform: dense + activation + LayerNorm."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(self.activation(self.dense(hidden_states)))
+
+
+class VLPMLMHead(nn.Module):
+    """Transform + decoder; the decoder's weight is tied to the word embeddings, its bias is its own."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__()
+        self.transform = VLPPredictionTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class VLPPatchMIMHead(nn.Module):
+    """SimMIM's linear head: each visual token predicts its patch's normalised pixels (patch_size**2 * channels)."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__()
+        self.decoder = nn.Linear(config.hidden_size, config.patch_size**2 * config.num_channels)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.decoder(hidden_states), None
+
+
+class VLPRegionMIMHead(nn.Module):
+    """UNITER's masked region heads: feature regression and (with `num_object_labels`) region classification."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__()
+        self.transform = VLPPredictionTransform(config)
+        self.regression = nn.Linear(config.hidden_size, config.visual_feat_dim)
+        self.classifier = (
+            nn.Linear(config.hidden_size, config.num_object_labels) if config.num_object_labels > 0 else None
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_states = self.transform(hidden_states)
+        logits = self.classifier(hidden_states) if self.classifier is not None else None
+        return self.regression(hidden_states), logits
+
+
+class VLPVQAHead(nn.Module):
+    """ViLT's MLP (Linear(D, 2D), LayerNorm, GELU, Linear) or VisualBERT's dropout + Linear (`config.vqa_head`)."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__()
+        width = config.hidden_size
+        if config.vqa_head == "pooled_mlp":
+            self.dense = nn.Linear(width, 2 * width)
+            self.layer_norm = nn.LayerNorm(2 * width)  # ViLT's head uses PyTorch's default eps, not the config's
+            self.activation = nn.GELU()
+            width *= 2
+        else:
+            self.dense = None
+            self.dropout = nn.Dropout(config.hidden_dropout)
+        self.decoder = nn.Linear(width, config.num_labels)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.dense is None:
+            return self.decoder(self.dropout(hidden_states))
+        return self.decoder(self.activation(self.layer_norm(self.dense(hidden_states))))
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `weights` (bool) is set; 0 (with a gradient path) where nothing is."""
+    weights = weights.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over the tokens whose label is not -100, in the rows where `row_mask` is set."""
+    if row_mask is not None:
+        labels = labels.masked_fill(~row_mask.bool().unsqueeze(-1), -100)
+    labelled = labels != -100
+    # Only the labelled positions: the full (B, T, vocab) logits in float32 would be a large copy.
+    loss = F.cross_entropy(logits[labelled].float(), labels[labelled], reduction="sum")
+    return loss / labelled.sum().clamp(min=1)
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, p * p * C), patches in raster order, pixels (row, column, channel) as MAE."""
+    batch_size, channels, height, width = pixel_values.shape
+    rows, columns = height // patch_size, width // patch_size
+    patches = pixel_values.reshape(batch_size, channels, rows, patch_size, columns, patch_size)
+    patches = patches.permute(0, 2, 4, 3, 5, 1)
+    return patches.reshape(batch_size, rows * columns, patch_size**2 * channels)
+
+
+def normalized_patch_targets(pixel_values: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """MAE's `norm_pix_loss` targets: each patch normalised by its own mean and (unbiased) variance."""
+    patches = patchify(pixel_values.float(), patch_size)
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return (patches - mean) / (var + eps) ** 0.5
+
+
+def masked_patch_loss(predictions, pixel_values, patch_size, token_index, token_mask, mim_mask) -> torch.Tensor:
+    """MSE to the normalised pixels, over the kept visual tokens (class token excluded) whose patch is masked."""
+    index, kept = token_index[:, 1:], token_mask[:, 1:].bool()
+    targets = normalized_patch_targets(pixel_values, patch_size)
+    targets = targets.gather(1, index.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
+    errors = (predictions[:, 1:].float() - targets).pow(2).mean(dim=-1)
+    return _weighted_mean(errors, mim_mask.gather(1, index) & kept)
+
+
+def masked_region_losses(
+    predictions, class_logits, visual_feats, region_mask, region_labels=None, region_class_scores=None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """UNITER's MRFR (MSE to the original features) and MRC (KL to the detector's class distribution, or
+    cross-entropy to a class id, -100 ignored) over the masked regions `region_mask` (B, N)."""
+    errors = (predictions.float() - visual_feats.float()).pow(2).mean(dim=-1)
+    regression = _weighted_mean(errors, region_mask)
+    if class_logits is None or (region_labels is None and region_class_scores is None):
+        return regression, None
+    log_probs = F.log_softmax(class_logits.float(), dim=-1)
+    if region_class_scores is not None:
+        divergence = F.kl_div(log_probs, region_class_scores.float(), reduction="none").sum(dim=-1)
+        return regression, _weighted_mean(divergence, region_mask)
+    losses = F.nll_loss(log_probs.transpose(1, 2), region_labels, ignore_index=-100, reduction="none")
+    return regression, _weighted_mean(losses, region_mask & (region_labels != -100))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------
+
+
+class VLPUnifiedPreTrainedModel(VLPPreTrainedModel):
+    config: VLPUnifiedConfig
+    config_class = VLPUnifiedConfig
+    input_modalities = ("image", "text")
+    main_input_name = "input_ids"
+    _no_split_modules = ["VLPTransformerLayer", "VLPUnifiedEmbeddings"]
+    # Written into a saved checkpoint's `auto_map` whichever class saves it, so that with `trust_remote_code` every
+    # head loads from any checkpoint of the family (see `VLPPreTrainedModel.save_pretrained`).
+    family_auto_map = {
+        "AutoModel": "VLPUnifiedModel",
+        "AutoModelForPreTraining": "VLPUnifiedForPreTraining",
+        "AutoModelForMaskedLM": "VLPUnifiedForPreTraining",
+        "AutoModelForVisualQuestionAnswering": "VLPUnifiedForQuestionAnswering",
+    }
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, VLPUnifiedPatchEmbeddings):
+            init.normal_(module.mask_token, std=self.config.initializer_range)
+
+
+class VLPUnifiedModel(VLPUnifiedPreTrainedModel):
+    """Embeddings of `[text; visual]` -> one transformer (-> final LayerNorm when pre-norm) -> pooler."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__(config)
+        self.embeddings = VLPUnifiedEmbeddings(config)
+        self.encoder = VLPEncoder(config)
+        # A pre-norm stack leaves its output un-normalised: ViLT's final LayerNorm.
+        self.final_layer_norm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_norm else nn.Identity()
+        )
+        self.pooler = VLPPooler(config.hidden_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.text_embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings.text_embeddings.token_embedding = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        visual_feats: torch.Tensor | None = None,
+        visual_pos: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        mim_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLPUnifiedModelOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, text_length)`), attention_mask, token_type_ids (same
+        shape): the tokenized text. `inputs_embeds` `(batch_size, text_length, hidden_size)` replaces `input_ids`.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Patch models: the images, normalised; height and width multiples of the patch size.
+        pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+            1 on real pixels, 0 on the padding of images smaller than the batch (the image processor's `do_pad`).
+        visual_feats (`torch.FloatTensor` of shape `(batch_size, num_regions, visual_feat_dim)`):
+            Region models: detector features.
+        visual_pos (`torch.FloatTensor` of shape `(batch_size, num_regions, 4 or 5 or 7)`):
+            Region models with boxes: normalised boxes `(x1, y1, x2, y2[, area])` (UNITER: or its 7-d features).
+        visual_attention_mask (`torch.LongTensor` of shape `(batch_size, num_regions)`, *optional*):
+            Region models: 1 on real regions, 0 on padding.
+        mim_mask (`torch.BoolTensor` of shape `(batch_size, num_units)`, *optional*):
+            True = masked. Patches (num_units = patches of the `pixel_values` grid, raster order) are replaced by the
+            learned mask token before positions are added; regions (num_units = num_regions) have their features
+            zeroed.
+        """
+        config = self.config
+        batch_size, text_length = check_text_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids)
+        num_units = check_visual_inputs(
+            config, batch_size, pixel_values, pixel_mask, visual_feats, visual_pos, visual_attention_mask
+        )
+        mim_mask = check_mim_mask(mim_mask, batch_size, num_units, config.visual_input)
+
+        text_embeddings = self.embeddings.embed_text(input_ids, token_type_ids, inputs_embeds)
+        if config.visual_input == "patches":
+            visual_embeddings, visual_mask, visual_token_index = self.embeddings.visual_embeddings(
+                pixel_values, pixel_mask, mim_mask
+            )
+        else:
+            visual_embeddings = self.embeddings.visual_embeddings(visual_feats, visual_pos, mim_mask)
+            visual_mask = (
+                torch.ones(visual_feats.shape[:2], dtype=torch.long, device=visual_embeddings.device)
+                if visual_attention_mask is None
+                else visual_attention_mask.long()
+            )
+            visual_token_index = None
+        hidden_states = self.embeddings(text_embeddings, visual_embeddings)
+
+        text_mask = (
+            torch.ones(batch_size, text_length, dtype=torch.long, device=hidden_states.device)
+            if attention_mask is None
+            else attention_mask.long()
+        )
+        mask = self_attention_mask(
+            config, torch.cat([text_mask, visual_mask], dim=1), hidden_states.shape[1], hidden_states.dtype,
+            hidden_states.device, is_causal=False,
+        )  # fmt: skip
+        encoder_outputs = self.encoder(
+            hidden_states,
+            mask,
+            output_hidden_states=bool(output_hidden_states or config.output_hidden_states),
+            output_attentions=bool(output_attentions or config.output_attentions),
+        )
+        last_hidden_state = self.final_layer_norm(encoder_outputs.last_hidden_state)
+        output = VLPUnifiedModelOutput(
+            last_hidden_state=last_hidden_state,
+            pooler_output=self.pooler(last_hidden_state),
+            text_length=text_length,
+            visual_attention_mask=visual_mask,
+            visual_token_index=visual_token_index,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+        return output if (return_dict if return_dict is not None else config.return_dict) else output.to_tuple()
+
+
+def _text_batch(input_ids, inputs_embeds) -> tuple[int, int]:
+    reference = input_ids if input_ids is not None else inputs_embeds
+    if reference is None or reference.ndim < 2:
+        return -1, -1  # the base model's checks report it
+    return tuple(reference.shape[:2])
+
+
+class VLPUnifiedForPreTraining(VLPUnifiedPreTrainedModel):
+    """The unified model with the ITM, MLM and MIM heads; each loss is computed when its labels or mask are given."""
+
+    _tied_weights_keys = {"mlm_head.decoder.weight": "vlp.embeddings.text_embeddings.token_embedding.weight"}
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__(config)
+        self.vlp = VLPUnifiedModel(config)
+        self.itm_head = nn.Linear(config.hidden_size, 2)
+        self.mlm_head = VLPMLMHead(config)
+        self.mim_head = VLPPatchMIMHead(config) if config.visual_input == "patches" else VLPRegionMIMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.mlm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.mlm_head.decoder = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        visual_feats: torch.Tensor | None = None,
+        visual_pos: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        mim_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        itm_labels: torch.Tensor | None = None,
+        region_labels: torch.Tensor | None = None,
+        region_class_scores: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLPUnifiedForPreTrainingOutput:
+        r"""
+        Inputs as `VLPUnifiedModel`, and:
+        mlm_labels (`torch.LongTensor` of shape `(batch_size, text_length)`, *optional*):
+            Token ids to predict at the masked positions, -100 elsewhere. Rows with `itm_labels == 0` are ignored (a
+            caption paired with the wrong image is no masked-LM example).
+        itm_labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): 1 = the caption matches the image.
+        mim_mask (`torch.BoolTensor` of shape `(batch_size, num_units)`, *optional*): the patches / regions to mask
+            and predict (padding is never counted).
+        region_labels (`torch.LongTensor` of shape `(batch_size, num_regions)`, *optional*):
+            Detector class id of each region (-100 ignored), for the region classification loss.
+        region_class_scores (`torch.FloatTensor` of shape `(batch_size, num_regions, num_object_labels)`, *optional*):
+            The detector's class probabilities; the classification loss is then the KL divergence to them.
+        """
+        config = self.config
+        batch_size, text_length = _text_batch(input_ids, inputs_embeds)
+        check_labels("mlm_labels", mlm_labels, (batch_size, text_length), "(batch_size, text_length) of input_ids")
+        check_labels("itm_labels", itm_labels, (batch_size,), "(batch_size,)")
+        if itm_labels is not None and bool(((itm_labels != 0) & (itm_labels != 1)).any()):
+            raise ValueError(
+                f"`itm_labels` must be 0 (no match) or 1 (match), got values {itm_labels.unique().tolist()}."
+            )
+        self._check_region_targets(mim_mask, visual_feats, region_labels, region_class_scores)
+
+        outputs = self.vlp(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, pixel_mask=pixel_mask, visual_feats=visual_feats, visual_pos=visual_pos,
+            visual_attention_mask=visual_attention_mask, mim_mask=mim_mask, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )  # fmt: skip
+        sequence_output, text_length = outputs.last_hidden_state, outputs.text_length
+        mlm_logits = self.mlm_head(sequence_output[:, :text_length])
+        itm_logits = self.itm_head(outputs.pooler_output)
+
+        loss_itm = loss_mlm = loss_mim = loss_regression = loss_classification = None
+        mim_predictions = mim_class_logits = None
+        if itm_labels is not None:
+            loss_itm = F.cross_entropy(itm_logits.float(), itm_labels.long())
+        if mlm_labels is not None:
+            matching = None if itm_labels is None else itm_labels == 1
+            loss_mlm = masked_lm_loss(mlm_logits, mlm_labels, matching)
+        if mim_mask is not None:
+            mim_mask = mim_mask.bool()
+            mim_predictions, mim_class_logits = self.mim_head(sequence_output[:, text_length:])
+            if config.visual_input == "patches":
+                loss_mim = masked_patch_loss(
+                    mim_predictions, pixel_values, config.patch_size, outputs.visual_token_index,
+                    outputs.visual_attention_mask, mim_mask,
+                )  # fmt: skip
+            else:
+                region_mask = mim_mask & outputs.visual_attention_mask.bool()
+                loss_regression, loss_classification = masked_region_losses(
+                    mim_predictions, mim_class_logits, visual_feats, region_mask, region_labels, region_class_scores
+                )
+                loss_mim = loss_regression if loss_classification is None else loss_regression + loss_classification
+
+        weighted = [
+            (config.itm_loss_weight, loss_itm), (config.mlm_loss_weight, loss_mlm), (config.mim_loss_weight, loss_mim)
+        ]  # fmt: skip
+        computed = [weight * loss for weight, loss in weighted if loss is not None]
+        output = VLPUnifiedForPreTrainingOutput(
+            loss=sum(computed) if computed else None,
+            loss_itm=loss_itm,
+            loss_mlm=loss_mlm,
+            loss_mim=loss_mim,
+            loss_mim_regression=loss_regression,
+            loss_mim_classification=loss_classification,
+            mlm_logits=mlm_logits,
+            itm_logits=itm_logits,
+            mim_predictions=mim_predictions,
+            mim_class_logits=mim_class_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if (return_dict if return_dict is not None else config.return_dict) else output.to_tuple()
+
+    def _check_region_targets(self, mim_mask, visual_feats, region_labels, region_class_scores) -> None:
+        if region_labels is None and region_class_scores is None:
+            return
+        name = "region_labels" if region_labels is not None else "region_class_scores"
+        if self.config.visual_input != "regions" or self.config.num_object_labels == 0:
+            raise ValueError(
+                f"`{name}` needs a region model with a region classifier (visual_input='regions', "
+                f"num_object_labels > 0); this one has visual_input={self.config.visual_input!r}, "
+                f"num_object_labels={self.config.num_object_labels}."
+            )
+        if mim_mask is None:
+            raise ValueError(f"`{name}` is the target of masked regions: pass `mim_mask` too.")
+        if visual_feats is None or visual_feats.ndim != 3:
+            return  # the base model reports the missing or malformed features
+        regions = tuple(visual_feats.shape[:2])
+        check_labels("region_labels", region_labels, regions, "(batch_size, num_regions)")
+        check_labels(
+            "region_class_scores", region_class_scores, (*regions, self.config.num_object_labels),
+            "(batch_size, num_regions, num_object_labels)",
+        )  # fmt: skip
+
+
+class VLPUnifiedForQuestionAnswering(VLPUnifiedPreTrainedModel):
+    """VQA as classification over `config.num_labels` answers (`id2label`), trained on soft scores."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vlp = VLPUnifiedModel(config)
+        self.classifier = VLPVQAHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        visual_feats: torch.Tensor | None = None,
+        visual_pos: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        r"""
+        Inputs as `VLPUnifiedModel`, and:
+        labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+            Soft answer scores (VQA: min(#annotators giving the answer / 3, 1)). The loss is ViLT's BCE with logits
+            times `num_labels` (`vqa_loss="bce"`) or VisualBERT's KL divergence of the softmax to the scores ("kl").
+        Returns `logits` `(batch_size, num_labels)` (raw scores, also with the KL loss).
+        """
+        config = self.config
+        batch_size, _ = _text_batch(input_ids, inputs_embeds)
+        check_labels("labels", labels, (batch_size, config.num_labels), "(batch_size, num_labels)")
+        outputs = self.vlp(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, pixel_mask=pixel_mask, visual_feats=visual_feats, visual_pos=visual_pos,
+            visual_attention_mask=visual_attention_mask, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )  # fmt: skip
+        if config.vqa_head == "pooled_mlp":
+            features = outputs.pooler_output
+        else:
+            # VisualBERT reads the last text token before [SEP] of each (right-padded) caption.
+            text_length = outputs.text_length
+            lengths = (
+                torch.full((batch_size,), text_length, device=outputs.last_hidden_state.device)
+                if attention_mask is None
+                else attention_mask.sum(dim=1)
+            )
+            index = (lengths - 2).clamp(min=0).long()
+            features = outputs.last_hidden_state[torch.arange(batch_size, device=index.device), index]
+        logits = self.classifier(features)
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.dtype)
+            if config.vqa_loss == "bce":
+                # Summed over answers (mean times their number), as ViLT and ban-vqa.
+                loss = F.binary_cross_entropy_with_logits(logits, labels) * labels.shape[1]
+            else:
+                loss = F.kl_div(F.log_softmax(logits, dim=-1), labels, reduction="batchmean")
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if (return_dict if return_dict is not None else config.return_dict) else output.to_tuple()
+
+
+class VLPUnifiedForImageTextRetrieval(VLPUnifiedPreTrainedModel):
+    """Scores image-text pairs with the ITM head (the same `itm_head` as pretraining, so a pretrained model loads)."""
+
+    def __init__(self, config: VLPUnifiedConfig):
+        super().__init__(config)
+        self.vlp = VLPUnifiedModel(config)
+        self.itm_head = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        visual_feats: torch.Tensor | None = None,
+        visual_pos: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLPUnifiedImageTextRetrievalOutput:
+        r"""
+        Inputs as `VLPUnifiedModel`, and `labels` (`torch.LongTensor` of shape `(batch_size,)`, *optional*): 1 where
+        the caption matches the image. Returns `logits` `(batch_size,)`, the log-odds of a match.
+        """
+        batch_size, _ = _text_batch(input_ids, inputs_embeds)
+        check_labels("labels", labels, (batch_size,), "(batch_size,)")
+        outputs = self.vlp(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, pixel_mask=pixel_mask, visual_feats=visual_feats, visual_pos=visual_pos,
+            visual_attention_mask=visual_attention_mask, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )  # fmt: skip
+        itm_logits = self.itm_head(outputs.pooler_output)
+        loss = None if labels is None else F.cross_entropy(itm_logits.float(), labels.long())
+        output = VLPUnifiedImageTextRetrievalOutput(
+            loss=loss,
+            logits=itm_logits[:, 1] - itm_logits[:, 0],
+            itm_logits=itm_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+
+__all__ = [
+    "VLPUnifiedModel",
+    "VLPUnifiedModelOutput",
+    "VLPUnifiedPreTrainedModel",
+    "VLPUnifiedForPreTraining",
+    "VLPUnifiedForPreTrainingOutput",
+    "VLPUnifiedForQuestionAnswering",
+    "VLPUnifiedForImageTextRetrieval",
+    "VLPUnifiedImageTextRetrievalOutput",
+]

@@ -309,6 +309,149 @@ class VLPUnifiedConfig(PreTrainedConfig):
         return {"none": 0, "linear": self.visual_pos_dim, "uniter": 7}[self.box_embedding]
 
 
+FUSION_TYPES = ("co_attention", "merge")
+CO_ATTENTION_ORDERS = ("cross_first", "self_first")
+FUSED_POOLINGS = ("pooler", "first")
+IMAGE_EMBED_POOLINGS = ("first", "mean")
+REGION_LOSSES = ("obj", "attr", "feat")
+FUSION_LOSSES = ("itc", "itm", "mlm", "mim", "vqa")
+
+# The towers of `VLPFusionConfig()`: ALBEF's ViT-B/16 and BERT-base.
+_VIT_B_16 = dict(
+    image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, hidden_act="gelu", layer_norm_eps=1e-6, pre_norm=True, class_token=True,
+    patch_bias=True, pre_layernorm=False, final_norm="all", pooling="cls",
+)  # fmt: skip
+_FUSION_BERT_BASE = dict(
+    vocab_size=30522, hidden_size=768, intermediate_size=3072, num_hidden_layers=6, num_attention_heads=12,
+    max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, pre_norm=False,
+    causal=False, embedding_layernorm=True, final_layernorm=False, pooling="first", pad_token_id=0,
+    bos_token_id=101, eos_token_id=102,
+)  # fmt: skip
+
+
+@strict
+class VLPFusionConfig(PreTrainedConfig):
+    r"""A text encoder, an image encoder and fusion layers over both (LXMERT, ViLBERT, ALBEF, METER, BridgeTower).
+
+    Towers. `text_config` (a `VLPTextConfig`, bidirectional) is the unimodal text encoder: `num_hidden_layers` text
+    layers before fusion. `vision_config` (a `VLPVisionConfig`) is the unimodal image encoder. With
+    `visual_input="patches"` it is a ViT on `pixel_values` (`final_norm` "all" or "none": every token goes on to the
+    fusion). With `visual_input="regions"` the image is a set of detector regions, `visual_feats`
+    `(B, N, visual_feat_dim)` with boxes `visual_pos` `(B, N, visual_pos_dim)`, embedded as LXMERT does (LayerNorm
+    of a projection of the features and of the boxes, averaged); only the transformer fields of `vision_config`
+    are read then (`num_hidden_layers` = region self-attention layers, LXMERT's relation layers; may be 0).
+
+    Fusion. `fusion_type="co_attention"`: each of `num_fusion_layers` layers updates both streams, each attending
+    to itself and to the other stream's layer input (ViLBERT, LXMERT, METER). `co_attention_order="cross_first"` is
+    LXMERT's cross-attention -> self-attention -> FFN, "self_first" METER's self -> cross -> FFN.
+    `share_cross_attention` uses one cross-attention module in both directions (LXMERT; equal widths only).
+    `fusion_type="merge"`: text layers with self-attention, cross-attention to the image tokens and FFN, the image
+    stream unchanged (ALBEF, BLIP's ITM encoder). Each stream's fusion layers take that stream's tower settings
+    (width, heads, FFN, activation); cross-attention projects keys and values from the other stream's width, so
+    the two widths may differ (ViLBERT). `fusion_pre_norm` overrides the towers' norm placement in the fusion
+    layers (None keeps it).
+
+    Outputs. `fused_pooling` reads the fused text [CLS]: "pooler" through BERT's dense + tanh (LXMERT) or "first"
+    as is (ALBEF). ITC: the unimodal states' first token (`image_embed_pooling="first"`; "mean" averages the image
+    tokens, for regions without a summary token) projected to `projection_dim` (None: no ITC head, as LXMERT) with
+    a learned temperature `exp(logit_scale)` clamped to `logit_scale_max`.
+
+    Heads. MLM is tied to the word embeddings (`tie_word_embeddings`). Region inputs get LXMERT's region heads,
+    `region_losses` of "obj" (`num_object_labels` classes), "attr" (`num_attribute_labels`) and "feat" (feature
+    regression), each loss scaled by `visual_loss_normalizer` as LXMERT; pixel inputs a masked-patch regression
+    head. `num_labels` answers for VQA; `pretraining_answer_head` adds that answer head to `ForPreTraining`
+    (LXMERT's QA pretraining task). `loss_weights` weigh the losses of `ForPreTraining` into its total.
+    """
+
+    model_type = "vlp_fusion"
+    sub_configs_defaults = {"vision_config": VLPVisionConfig, "text_config": VLPTextConfig}
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    visual_input: str = "patches"
+    visual_feat_dim: int = 2048
+    visual_pos_dim: int = 4
+    fusion_type: str = "merge"
+    num_fusion_layers: int = 6
+    co_attention_order: str = "cross_first"
+    share_cross_attention: bool = False
+    fusion_pre_norm: bool | None = None
+    fused_pooling: str = "first"
+    projection_dim: int | None = 256
+    image_embed_pooling: str = "first"
+    logit_scale_init_value: float = math.log(1 / 0.07)
+    logit_scale_max: float | None = 100.0
+    num_object_labels: int = 1600
+    num_attribute_labels: int = 400
+    region_losses: list[str] | None = None
+    visual_loss_normalizer: float = 6.67
+    pretraining_answer_head: bool = False
+    loss_weights: dict[str, float] | None = None
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self.text_config = _tower_config(_FUSION_BERT_BASE if self.text_config is None else self.text_config, VLPTextConfig)
+        self.vision_config = _tower_config(
+            _VIT_B_16 if self.vision_config is None else self.vision_config, VLPVisionConfig
+        )
+        if self.region_losses is None:
+            self.region_losses = list(REGION_LOSSES)
+        self.region_losses = list(self.region_losses)
+        self.loss_weights = {**dict.fromkeys(FUSION_LOSSES, 1.0), **(self.loss_weights or {})}
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        _check_choice("visual_input", self.visual_input, VISUAL_INPUTS)
+        _check_choice("fusion_type", self.fusion_type, FUSION_TYPES)
+        _check_choice("co_attention_order", self.co_attention_order, CO_ATTENTION_ORDERS)
+        _check_choice("fused_pooling", self.fused_pooling, FUSED_POOLINGS)
+        _check_choice("image_embed_pooling", self.image_embed_pooling, IMAGE_EMBED_POOLINGS)
+        for name in self.region_losses:
+            _check_choice("region_losses[...]", name, REGION_LOSSES)
+        unknown = sorted(set(self.loss_weights) - set(FUSION_LOSSES))
+        if unknown:
+            raise ValueError(f"`loss_weights` has unknown losses {unknown}; known: {FUSION_LOSSES}.")
+        text, vision = self.text_config, self.vision_config
+        towers = (("text_config", text, VLPTextConfig), ("vision_config", vision, VLPVisionConfig))
+        for name, tower, tower_class in towers:
+            if tower.model_type != tower_class.model_type:
+                raise ValueError(
+                    f"`{name}` must be a {tower_class.__name__} (model_type {tower_class.model_type!r}) for a fusion "
+                    f"model, got model_type {tower.model_type!r}."
+                )
+        if text.causal:
+            raise ValueError("The fusion text encoder is bidirectional: `text_config.causal` must be False.")
+        if vision.final_norm == "pooled":
+            raise ValueError(
+                "`vision_config.final_norm='pooled'` normalises a pooled token only, but a fusion model passes every "
+                "image token on: use 'all' (or 'none')."
+            )
+        if self.num_fusion_layers < 0:
+            raise ValueError(f"`num_fusion_layers` must be >= 0, got {self.num_fusion_layers}.")
+        if self.share_cross_attention:
+            if self.fusion_type != "co_attention":
+                raise ValueError("`share_cross_attention=True` needs `fusion_type='co_attention'`.")
+            if (text.hidden_size, text.num_attention_heads) != (vision.hidden_size, vision.num_attention_heads):
+                raise ValueError(
+                    "`share_cross_attention=True` needs equal text and vision widths and heads, got "
+                    f"{text.hidden_size}/{text.num_attention_heads} and {vision.hidden_size}/"
+                    f"{vision.num_attention_heads}."
+                )
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ValueError(
+                f"`projection_dim` must be a positive int or None (no ITC head), got {self.projection_dim}."
+            )
+
+    @property
+    def num_image_tokens(self) -> int | None:
+        """Image tokens of a patch model (patches + class token); None for regions (set by the input)."""
+        if self.visual_input == "regions":
+            return None
+        return self.vision_config.num_patches + int(self.vision_config.class_token)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Presets
 # --------------------------------------------------------------------------------------------------------------
@@ -346,6 +489,21 @@ _BERT_BASE = dict(
 _SMALL = dict(
     vocab_size=1000, max_position_embeddings=32, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
     num_attention_heads=4, layer_norm_eps=1e-12, pre_norm=True, embedding_norm="text", pad_token_id=0,
+)  # fmt: skip
+
+_LXMERT_TEXT = dict(_FUSION_BERT_BASE, num_hidden_layers=9, hidden_dropout=0.1, attention_dropout=0.1)
+# LXMERT's region stream: BERT layers on region embeddings (image fields unused).
+_LXMERT_REGIONS = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=5, num_attention_heads=12, hidden_act="gelu",
+    layer_norm_eps=1e-12, hidden_dropout=0.1, attention_dropout=0.1, pre_norm=False, pre_layernorm=False,
+    final_norm="none",
+)  # fmt: skip
+_CLIP_VIT_B_16 = dict(
+    _VIT_B_16, hidden_act="quick_gelu", layer_norm_eps=1e-5, patch_bias=False, pre_layernorm=True
+)
+_ROBERTA_BASE = dict(
+    _FUSION_BERT_BASE, vocab_size=50265, num_hidden_layers=12, max_position_embeddings=514, type_vocab_size=1,
+    layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
 )  # fmt: skip
 
 PRESETS: dict[str, tuple[type, dict]] = {
@@ -440,6 +598,77 @@ PRESETS: dict[str, tuple[type, dict]] = {
             pre_norm=True, embedding_norm="text", pad_token_id=0,
         ),
     ),  # fmt: skip
+    # unc-nlp/lxmert-base-uncased: 9 language, 5 relation and 5 cross-modality layers; one cross-attention shared
+    # by both directions; no ITC head (projection_dim=None), as the checkpoint has none.
+    "lxmert-base": (
+        VLPFusionConfig,
+        dict(
+            text_config=_LXMERT_TEXT, vision_config=_LXMERT_REGIONS, visual_input="regions", visual_feat_dim=2048,
+            visual_pos_dim=4, fusion_type="co_attention", num_fusion_layers=5, co_attention_order="cross_first",
+            share_cross_attention=True, fused_pooling="pooler", projection_dim=None, image_embed_pooling="mean",
+            num_object_labels=1600, num_attribute_labels=400, num_labels=9500, pretraining_answer_head=True,
+        ),
+    ),  # fmt: skip
+    # ViLBERT: BERT-base text (6 text-only layers, then 6 with co-attention), a 1024-wide region stream on 2048-d
+    # features + 5-d boxes (x1, y1, x2, y2, area). Co-attention here is METER-ordered; ViLBERT's own layer has no
+    # self-attention inside the co-attention block, and its pooled output multiplies both streams'.
+    "vilbert-base": (
+        VLPFusionConfig,
+        dict(
+            text_config=dict(_FUSION_BERT_BASE, num_hidden_layers=6, hidden_dropout=0.1, attention_dropout=0.1),
+            vision_config=dict(_LXMERT_REGIONS, hidden_size=1024, intermediate_size=1024, num_hidden_layers=0,
+                               num_attention_heads=8),
+            visual_input="regions", visual_feat_dim=2048, visual_pos_dim=5, fusion_type="co_attention",
+            num_fusion_layers=6, co_attention_order="self_first", fused_pooling="pooler", projection_dim=None,
+            image_embed_pooling="first", num_object_labels=1601, region_losses=["obj"], num_labels=3129,
+        ),
+    ),  # fmt: skip
+    # ALBEF: ViT-B/16, 6 BERT text layers + 6 merge layers (text self-attention + cross-attention to the image), ITC
+    # on 256-d projections with a learned temperature initialised at 0.07 (clamped to [0.001, 0.5] in ALBEF).
+    "albef-base": (
+        VLPFusionConfig,
+        dict(
+            text_config=_FUSION_BERT_BASE, vision_config=_VIT_B_16, visual_input="patches", fusion_type="merge",
+            num_fusion_layers=6, fused_pooling="first", projection_dim=256, logit_scale_init_value=math.log(1 / 0.07),
+            logit_scale_max=1000.0,
+        ),
+    ),  # fmt: skip
+    # METER (CLIP-ViT-B/16 + RoBERTa-base): 6 post-norm co-attention layers, self-attention first, on both 768-d
+    # streams; its [CLS] of the two streams are pooled and concatenated for ITM, here the text pooler alone.
+    "meter-base": (
+        VLPFusionConfig,
+        dict(
+            text_config=_ROBERTA_BASE, vision_config=_CLIP_VIT_B_16, visual_input="patches",
+            fusion_type="co_attention", num_fusion_layers=6, co_attention_order="self_first", fusion_pre_norm=False,
+            fused_pooling="pooler", projection_dim=None, num_labels=3129,
+        ),
+    ),  # fmt: skip
+    # The CPU default of `vlp pretrain --family fusion`; the text vocabulary is set by the tokenizer.
+    "fusion-small": (
+        VLPFusionConfig,
+        dict(
+            text_config=dict(_FUSION_BERT_BASE, vocab_size=1000, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=32, pad_token_id=0, bos_token_id=2,
+                             eos_token_id=3),
+            vision_config=dict(_VIT_B_16, image_size=64, patch_size=8, hidden_size=128, intermediate_size=512,
+                               num_hidden_layers=2, num_attention_heads=4),
+            visual_input="patches", fusion_type="merge", num_fusion_layers=2, fused_pooling="first",
+            projection_dim=128,
+        ),
+    ),  # fmt: skip
+    # For tests: every code path, milliseconds to run.
+    "fusion-tiny": (
+        VLPFusionConfig,
+        dict(
+            text_config=dict(_FUSION_BERT_BASE, vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=16, pad_token_id=0, bos_token_id=1,
+                             eos_token_id=2),
+            vision_config=dict(_VIT_B_16, image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=2, num_attention_heads=4),
+            visual_input="patches", visual_feat_dim=24, visual_pos_dim=4, fusion_type="merge", num_fusion_layers=2,
+            fused_pooling="first", projection_dim=16, num_object_labels=11, num_attribute_labels=7, num_labels=5,
+        ),
+    ),  # fmt: skip
 }
 
 
@@ -467,6 +696,7 @@ __all__ = [
     "VLPTextConfig",
     "VLPDualEncoderConfig",
     "VLPUnifiedConfig",
+    "VLPFusionConfig",
     "PRESETS",
     "get_preset_config",
     "preset_names",

@@ -117,12 +117,23 @@ class VLPTransformerLayer(GradientCheckpointingLayer):
 
     Pre-norm:  x += attn(ln1(x)); x += xattn(ln_cross(x), enc); x += mlp(ln2(x))
     Post-norm: x = ln1(x + attn(x)); x = ln_cross(x + xattn(x, enc)); x = ln2(x + mlp(x))
+
+    `cross_attention_first` puts the cross-attention block before self-attention (LXMERT's cross-modality layer);
+    `pre_norm` overrides `config.pre_norm` (fusion layers placed on a pre-norm tower may be post-norm, METER).
     """
 
-    def __init__(self, config, is_causal: bool = False, cross_attention_hidden_size: int | None = None):
+    def __init__(
+        self,
+        config,
+        is_causal: bool = False,
+        cross_attention_hidden_size: int | None = None,
+        cross_attention_first: bool = False,
+        pre_norm: bool | None = None,
+    ):
         super().__init__()
         hidden_size = config.hidden_size
-        self.pre_norm = config.pre_norm
+        self.pre_norm = config.pre_norm if pre_norm is None else pre_norm
+        self.cross_attention_first = cross_attention_first
         self.self_attn = VLPAttention(config, is_causal=is_causal)
         self.layer_norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.cross_attn = None
@@ -142,29 +153,39 @@ class VLPTransformerLayer(GradientCheckpointingLayer):
         out, weights = out if isinstance(out, tuple) else (out, None)
         return norm(hidden_states + self.dropout(out)), weights
 
+    def _cross_attention(
+        self, hidden_states, encoder_hidden_states, encoder_attention_mask, shared_cross_attention, **kwargs
+    ):
+        attention, norm = shared_cross_attention or (self.cross_attn, getattr(self, "layer_norm_cross", None))
+        if attention is None:
+            return hidden_states, None
+        if encoder_hidden_states is None:
+            raise ValueError("This layer cross-attends: `encoder_hidden_states` is required.")
+        return self._residual(
+            hidden_states, norm, attention, encoder_attention_mask, encoder_hidden_states=encoder_hidden_states,
+            **kwargs,
+        )  # fmt: skip
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        shared_cross_attention: tuple[nn.Module, nn.Module] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        r"""shared_cross_attention: `(attention, layer_norm)` to cross-attend with instead of this layer's own, for
+        a cross-attention shared by two streams (LXMERT uses one in both directions)."""
+        cross = (encoder_hidden_states, encoder_attention_mask, shared_cross_attention)
+        cross_weights = None
+        if self.cross_attention_first:
+            hidden_states, cross_weights = self._cross_attention(hidden_states, *cross, **kwargs)
         hidden_states, self_weights = self._residual(
             hidden_states, self.layer_norm1, self.self_attn, attention_mask, **kwargs
         )
-        cross_weights = None
-        if self.cross_attn is not None:
-            if encoder_hidden_states is None:
-                raise ValueError("This layer cross-attends: `encoder_hidden_states` is required.")
-            hidden_states, cross_weights = self._residual(
-                hidden_states,
-                self.layer_norm_cross,
-                self.cross_attn,
-                encoder_attention_mask,
-                encoder_hidden_states=encoder_hidden_states,
-                **kwargs,
-            )
+        if not self.cross_attention_first:
+            hidden_states, cross_weights = self._cross_attention(hidden_states, *cross, **kwargs)
         hidden_states, _ = self._residual(hidden_states, self.layer_norm2, self.mlp)
         return hidden_states, self_weights, cross_weights
 
@@ -403,6 +424,18 @@ class VLPPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["VLPTransformerLayer", "VLPPatchEmbeddings", "VLPTextEmbeddings"]
+    # Auto class name -> class name in the model's module, written into the `auto_map` of every checkpoint a
+    # registered class of the family saves: `register_for_auto_class` names one Auto class per model class, but with
+    # `trust_remote_code` (no package installed) any head should load from any checkpoint of its family.
+    family_auto_map: dict[str, str] = {}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self.family_auto_map and getattr(type(self), "_auto_class", None) is not None:
+            module = type(self).__module__.split(".")[-1]
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.update({auto: f"{module}.{name}" for auto, name in self.family_auto_map.items()})
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -6,6 +6,7 @@ Importing the package registers every config, model and processor with the trans
 from .configuration_vlp import (
     PRESETS,
     VLPDualEncoderConfig,
+    VLPFusionConfig,
     VLPTextConfig,
     VLPUnifiedConfig,
     VLPVisionConfig,
@@ -13,6 +14,13 @@ from .configuration_vlp import (
     preset_names,
 )
 from .modeling_dual_encoder import VLPDualEncoderModel, VLPDualEncoderOutput, VLPTextModel, VLPVisionModel
+from .modeling_fusion import (
+    VLPFusionForImageTextRetrieval,
+    VLPFusionForPreTraining,
+    VLPFusionForQuestionAnswering,
+    VLPFusionModel,
+    rerank_retrieval,
+)
 from .modeling_unified import (
     VLPUnifiedForImageTextRetrieval,
     VLPUnifiedForPreTraining,

@@ -231,6 +231,11 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
 
     config: VLPDualEncoderConfig
     config_class = VLPDualEncoderConfig
+    # The zero-shot image classification pipeline loads through its own Auto class.
+    family_auto_map = {
+        "AutoModel": "VLPDualEncoderModel",
+        "AutoModelForZeroShotImageClassification": "VLPDualEncoderModel",
+    }
     input_modalities = ("image", "text")
 
     def __init__(
@@ -357,15 +362,6 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        # `register_for_auto_class` names one Auto class; the zero-shot classification pipeline loads through
-        # another, so that one goes into the saved `auto_map` too (for `trust_remote_code` without the package).
-        if getattr(type(self), "_auto_class", None) is not None:
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map["AutoModelForZeroShotImageClassification"] = f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped to `config.logit_scale_max` when set."""

@@ -21,8 +21,9 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPUnifiedConfig, VLPVisionConfig
+from .configuration_vlp import VLPDualEncoderConfig, VLPFusionConfig, VLPTextConfig, VLPUnifiedConfig, VLPVisionConfig
 from .modeling_dual_encoder import VLPDualEncoderModel, VLPTextModel, VLPVisionModel
+from .modeling_fusion import VLPFusionForPreTraining, VLPFusionForQuestionAnswering, VLPFusionModel
 from .modeling_unified import VLPUnifiedForPreTraining, VLPUnifiedForQuestionAnswering, VLPUnifiedModel
 from .processors.image_processing_vlp import VLPImageProcessor
 from .processors.processing_vlp import VLPProcessor
@@ -55,6 +56,15 @@ def _register_models() -> None:
                 AutoModelForVisualQuestionAnswering: VLPUnifiedForQuestionAnswering,
             },
         ),
+        (
+            VLPFusionConfig,
+            {
+                AutoModel: VLPFusionModel,
+                AutoModelForPreTraining: VLPFusionForPreTraining,
+                AutoModelForMaskedLM: VLPFusionForPreTraining,
+                AutoModelForVisualQuestionAnswering: VLPFusionForQuestionAnswering,
+            },
+        ),
     ):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
@@ -67,12 +77,12 @@ def _register_models() -> None:
 def _register_processors() -> None:
     # transformers 5 keys image processors by backend; ours is PIL-based whichever backend is asked for.
     image_processor_classes = {"pil": VLPImageProcessor, "torchvision": VLPImageProcessor}
-    for config_class in (VLPVisionConfig, VLPDualEncoderConfig, VLPUnifiedConfig):
+    for config_class in (VLPVisionConfig, VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig):
         AutoImageProcessor.register(config_class, image_processor_classes=image_processor_classes, exist_ok=True)
-    for config_class in (VLPTextConfig, VLPDualEncoderConfig, VLPUnifiedConfig):
+    for config_class in (VLPTextConfig, VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig):
         # transformers 5: one `tokenizer_class` (the slow/fast pair arguments are deprecated).
         AutoTokenizer.register(config_class, tokenizer_class=VLPTokenizer, exist_ok=True)
-    for config_class in (VLPDualEncoderConfig, VLPUnifiedConfig):
+    for config_class in (VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig):
         AutoProcessor.register(config_class, VLPProcessor, exist_ok=True)
     VLPImageProcessor.register_for_auto_class("AutoImageProcessor")
     VLPTokenizer.register_for_auto_class("AutoTokenizer")

@@ -209,3 +209,70 @@ def test_trust_remote_code_without_the_package(saved, tmp_path):
     assert torch.equal(outputs["logits"], saved["logits"])
     for key, value in saved["inputs"].items():
         assert torch.equal(outputs[key], value), key
+
+
+HEADS_SCRIPT = textwrap.dedent(
+    """
+    import sys; sys.modules["modeling_vlp"] = None  # as on a machine without the package
+    import json, torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModel, AutoModelForPreTraining, AutoModelForVisualQuestionAnswering
+
+    folder, work = sys.argv[1], sys.argv[2]
+    inputs = load_file(f"{work}/inputs.safetensors")
+    pretraining = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    vqa = AutoModelForVisualQuestionAnswering.from_pretrained(folder, trust_remote_code=True, num_labels=3).eval()
+    with torch.no_grad():
+        itm_logits = pretraining(**inputs).itm_logits.contiguous()
+        vqa_logits = vqa(**inputs).logits.contiguous()
+    save_file({"itm_logits": itm_logits, "vqa_logits": vqa_logits}, f"{work}/outputs.safetensors")
+    json.dump([type(m).__name__ for m in (pretraining, base, vqa)], open(f"{work}/classes.json", "w"))
+    json.dump([type(m).__module__.startswith("transformers_modules.") for m in (pretraining, base, vqa)],
+              open(f"{work}/remote.json", "w"))
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "preset, prefix", [("unified-tiny", "VLPUnified"), ("fusion-tiny", "VLPFusion")], ids=["unified", "fusion"]
+)
+def test_trust_remote_code_loads_every_head_of_a_family(preset, prefix, tmp_path):
+    """A pretraining checkpoint saved by the package loads, without it, into the base model, the pretraining model
+    and the VQA model through their Auto classes (`family_auto_map`)."""
+    from transformers import AutoModelForPreTraining
+
+    torch.manual_seed(0)
+    config = get_preset_config(preset)
+    model = AutoModelForPreTraining.from_config(config).eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert {"AutoConfig", "AutoModel", "AutoModelForPreTraining", "AutoModelForVisualQuestionAnswering"} <= set(auto_map)
+    generator = torch.Generator().manual_seed(0)
+    image_size = getattr(config, "image_size", None) or config.vision_config.image_size
+    inputs = {
+        "input_ids": torch.randint(5, 90, (2, 7), generator=generator),
+        "attention_mask": torch.tensor([[1] * 7, [1] * 5 + [0] * 2]),
+        "pixel_values": torch.randn(2, 3, image_size, image_size, generator=generator),
+    }
+    with torch.no_grad():
+        expected = model(**inputs).itm_logits
+    work = tmp_path / "work"
+    work.mkdir()
+    save_file(inputs, work / "inputs.safetensors")
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_MODULES_CACHE")}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error",
+               OMP_NUM_THREADS="1")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", HEADS_SCRIPT, str(folder), str(work)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((work / "classes.json").read_text()) == [
+        f"{prefix}ForPreTraining", f"{prefix}Model", f"{prefix}ForQuestionAnswering",
+    ]  # fmt: skip
+    assert all(json.loads((work / "remote.json").read_text()))
+    outputs = load_file(work / "outputs.safetensors")
+    assert torch.equal(outputs["itm_logits"], expected)
+    assert outputs["vqa_logits"].shape == (2, 3)

@@ -47,11 +47,36 @@ def _evaluate_matching(model, processor, eval_dataset, batch_size: int) -> dict[
     return evaluate_image_text_matching(model, processor, eval_dataset, batch_size=batch_size, show_progress=False)
 
 
-def _dual_overrides(args: "PretrainArguments", base, tokenizer) -> dict:
+def _evaluate_fusion(model, processor, eval_dataset, batch_size: int) -> dict[str, float]:
+    from .evaluation import evaluate_fusion_retrieval
+
+    return evaluate_fusion_retrieval(model, processor, eval_dataset, batch_size=batch_size, show_progress=False)
+
+
+def _tower_overrides(args: "PretrainArguments", base) -> dict:
+    """Overrides of the image and text towers (dual and fusion families)."""
     vision = {"image_size": args.image_size, "patch_size": args.patch_size, "num_hidden_layers": args.vision_layers}
     vision.update(_width_overrides(args.vision_width, args.vision_heads, base.vision_config.num_attention_heads))
     text = {"num_hidden_layers": args.text_layers, "max_position_embeddings": args.max_text_length}
     text.update(_width_overrides(args.text_width, args.text_heads, base.text_config.num_attention_heads))
+    return {"vision_config": vision, "text_config": text}
+
+
+def _fusion_overrides(args: "PretrainArguments", base, tokenizer) -> dict:
+    towers = _tower_overrides(args, base)
+    if tokenizer is not None:
+        towers["text_config"].update(_tokenizer_fields(tokenizer))
+    overrides = {name: {k: v for k, v in tower.items() if v is not None} for name, tower in towers.items()}
+    if args.fusion_layers is not None:
+        overrides["num_fusion_layers"] = args.fusion_layers
+    if args.projection_dim is not None:
+        overrides["projection_dim"] = args.projection_dim
+    return overrides
+
+
+def _dual_overrides(args: "PretrainArguments", base, tokenizer) -> dict:
+    towers = _tower_overrides(args, base)
+    vision, text = towers["vision_config"], towers["text_config"]
     if tokenizer is not None:
         text.update(_tokenizer_fields(tokenizer))
         if text["eos_token_id"] is None and base.text_config.pooling == "eos":
@@ -98,11 +123,11 @@ class Family:
     unused_options: tuple[str, ...] = ()
 
 
-def _unified_class(name: str) -> Callable[[], type]:
+def _lazy_class(module: str, name: str) -> Callable[[], type]:
     def load() -> type:
-        from . import modeling_unified
+        import importlib
 
-        return getattr(modeling_unified, name)
+        return getattr(importlib.import_module(f"modeling_vlp.{module}"), name)
 
     return load
 
@@ -117,22 +142,35 @@ FAMILIES: dict[str, Family] = {
         image_size=lambda config: config.vision_config.image_size,
         max_text_length=lambda config: config.text_config.max_position_embeddings,
         evaluate=_evaluate_dual,
-        unused_options=("layers", "width", "heads", "mlm_probability", "mim_ratio"),
-    ),
+        unused_options=(
+            "layers", "width", "heads", "fusion_layers", "mlm_probability", "mim_ratio", "momentum_distill",
+        ),
+    ),  # fmt: skip
     "unified": Family(
         default_preset="unified-small",
         default_objectives=("itm", "mlm"),
-        model_class=_unified_class("VLPUnifiedForPreTraining"),
-        question_answering_class=_unified_class("VLPUnifiedForQuestionAnswering"),
+        model_class=_lazy_class("modeling_unified", "VLPUnifiedForPreTraining"),
+        question_answering_class=_lazy_class("modeling_unified", "VLPUnifiedForQuestionAnswering"),
         config_overrides=_unified_overrides,
         image_size=lambda config: config.image_size,
         max_text_length=lambda config: config.max_position_embeddings,
         evaluate=_evaluate_matching,
         unused_options=(
             "vision_layers", "vision_width", "vision_heads", "text_layers", "text_width", "text_heads",
-            "projection_dim", "loss_type", "local_loss",
+            "projection_dim", "loss_type", "local_loss", "fusion_layers", "momentum_distill",
         ),
     ),  # fmt: skip
+    "fusion": Family(
+        default_preset="fusion-small",
+        default_objectives=("itc", "itm", "mlm"),
+        model_class=_lazy_class("modeling_fusion", "VLPFusionForPreTraining"),
+        question_answering_class=_lazy_class("modeling_fusion", "VLPFusionForQuestionAnswering"),
+        config_overrides=_fusion_overrides,
+        image_size=lambda config: config.vision_config.image_size,
+        max_text_length=lambda config: config.text_config.max_position_embeddings,
+        evaluate=_evaluate_fusion,
+        unused_options=("layers", "width", "heads", "loss_type"),
+    ),
 }
 
 
@@ -182,6 +220,7 @@ class PretrainArguments:
     layers: int | None = field(default=None, metadata={"help": "Transformer layers of a single-stream (unified) model."})
     width: int | None = field(default=None, metadata={"help": "Hidden size of a single-stream model (MLP: 4x)."})
     heads: int | None = field(default=None, metadata={"help": "Attention heads of a single-stream model."})
+    fusion_layers: int | None = field(default=None, metadata={"help": "Fusion layers of a fusion-encoder model."})
     projection_dim: int | None = field(default=None, metadata={"help": "Dimension of the shared embedding space."})
     loss_type: str | None = field(
         default=None,
@@ -207,6 +246,13 @@ class PretrainArguments:
     )
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of caption tokens masked for MLM."})
     mim_ratio: float = field(default=0.4, metadata={"help": "Share of patches or regions masked for MIM."})
+    momentum_distill: bool = field(
+        default=False,
+        metadata={"help": "Fusion family: ALBEF's momentum distillation (EMA teacher, soft ITC/MLM targets, queue)."},
+    )
+    momentum: float = field(default=0.995, metadata={"help": "EMA decay of the momentum teacher per step."})
+    distill_alpha: float = field(default=0.4, metadata={"help": "Weight of the teacher's soft targets."})
+    queue_size: int = field(default=4096, metadata={"help": "Teacher features kept as extra ITC negatives."})
     local_loss: bool = field(
         default=False, metadata={"help": "Contrastive loss over the local rows of the global similarity matrix only."}
     )
@@ -504,6 +550,10 @@ def pretrain(argv: Sequence[str]) -> int:
         local_loss=args.local_loss,
         gather_with_grad=args.gather_with_grad,
         itm_negative_ratio=args.itm_negative_ratio,
+        momentum_distill=args.momentum_distill,
+        momentum=args.momentum,
+        distill_alpha=args.distill_alpha,
+        queue_size=args.queue_size,
     )
     set_seed(training_args.seed)
     output_dir = training_args.output_dir
@@ -586,7 +636,7 @@ class FinetuneArguments:
     )
     family: str = field(
         default="unified",
-        metadata={"help": "Model family when starting from --preset.", "choices": ["unified"]},
+        metadata={"help": "Model family when starting from --preset.", "choices": ["unified", "fusion"]},
     )
     preset: str | None = field(
         default=None, metadata={"help": "Train from scratch with this preset instead of --model (a baseline)."}

@@ -662,3 +662,42 @@ def evaluate_image_text_matching(
                 total += int(masked.sum())
         metrics["mlm_accuracy"] = float(100 * hits / max(total, 1))
     return metrics
+
+
+def evaluate_fusion_retrieval(
+    model,
+    processor,
+    eval_dataset,
+    k: int = 16,
+    batch_size: int = 64,
+    ks: Sequence[int] = (1, 5, 10),
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Retrieval metrics of a fusion model the ALBEF way: ITC similarity for every pair, then the ITM head re-scores
+    the top `k` candidates of each query (`modeling_fusion.rerank_retrieval`). Reports the re-ranked metrics
+    (`i2t_r@1`, ...), the ITC-only ones (`itc_i2t_r@1`, ...), chance levels and the number of ITM forward pairs."""
+    from .modeling_fusion import rerank_retrieval
+
+    if len(eval_dataset) == 0:
+        raise ValueError("eval_dataset is empty.")
+    if "caption" not in eval_dataset.column_names:
+        raise ValueError(f"eval_dataset needs a 'caption' column; it has {eval_dataset.column_names}.")
+    tokenizer = processor.tokenizer
+    texts, text_to_image = _retrieval_texts(eval_dataset)
+    text_inputs = dict(
+        tokenizer(texts, padding=True, truncation=True, max_length=_text_max_length(model, tokenizer), return_tensors="pt")
+    )
+    image_inputs = _visual_batch(processor, eval_dataset)
+    k = min(k, len(eval_dataset), len(texts))
+    with _eval_mode(model):
+        result = rerank_retrieval(
+            model, image_inputs, text_inputs, k=k, batch_size=batch_size,
+            image_ids=torch.as_tensor(text_to_image), show_progress=show_progress,
+        )  # fmt: skip
+    metrics = retrieval_metrics(result.scores_i2t, text_to_image, ks)
+    itc = retrieval_metrics(result.similarity, text_to_image, ks)
+    metrics.update({f"itc_{name}": value for name, value in itc.items()})
+    metrics.update(retrieval_chance_levels(text_to_image, len(eval_dataset), ks))
+    metrics.update(num_images=float(len(eval_dataset)), num_texts=float(len(texts)), rerank_k=float(k),
+                   num_itm_pairs=float(result.num_itm_pairs))  # fmt: skip
+    return metrics

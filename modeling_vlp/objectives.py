@@ -144,3 +144,25 @@ def sample_itm_negatives(
         weights = other_image[negative].float().cpu()
         choice[negative] = torch.multinomial(weights, 1, generator=generator).squeeze(1).to(device)
     return choice, (~negative).long()
+
+
+def sample_hard_negatives(
+    similarity: torch.Tensor, image_ids: torch.Tensor, candidate_image_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ALBEF's hard negatives: for each of the B queries, a candidate drawn from the softmax of its (B, M)
+    similarities, never a candidate of the query's own image.
+
+    Returns the drawn candidate index (B,) and whether the row has a negative at all (B,) bool (False when every
+    candidate shows the query's image; the index is then 0 and must be ignored)."""
+    if similarity.shape != (image_ids.shape[0], candidate_image_ids.shape[0]):
+        raise ValueError(
+            f"`similarity` has shape {tuple(similarity.shape)}, expected (len(image_ids), len(candidate_image_ids)) = "
+            f"({image_ids.shape[0]}, {candidate_image_ids.shape[0]})."
+        )
+    same_image = image_ids[:, None] == candidate_image_ids[None, :].to(image_ids.device)
+    weights = torch.softmax(similarity.float(), dim=1).masked_fill(same_image, 0.0)
+    has_negative = (~same_image).any(dim=1)
+    # Rows whose other candidates all underflowed to 0 still get a uniform draw among them.
+    weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, (~same_image).float())
+    weights[~has_negative] = 1.0
+    return torch.multinomial(weights, 1).squeeze(1), has_negative

@@ -12,17 +12,23 @@ captions for ITM). `OBJECTIVES` maps each family's `config.model_type` to its ob
 """
 
 import inspect
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.utils import ModelOutput
 
 from .distributed import all_gather_features, all_gather_padded, get_rank, get_world_size
-from .objectives import contrastive_loss, sample_itm_negatives
+from .momentum import MOMENTUM_STATE_NAME, MomentumDistiller, soft_cross_entropy
+from .objectives import contrastive_loss, sample_hard_negatives, sample_itm_negatives
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +46,9 @@ class VLPObjectiveArguments:
         back-propagates only into its own features: cheaper, an approximation.
     itm_negative_ratio: for single-stream (unified) models, the share of rows whose caption is replaced by a caption
         of another image from the global batch for image-text matching (ViLT and UNITER use one half).
+    momentum_distill: (fusion models) ALBEF's momentum distillation: an EMA copy of the model gives soft ITC and MLM
+        targets, mixed with the one-hot ones with weight `distill_alpha`, and its features fill queues of `queue_size`
+        extra contrastive negatives. `momentum` is the EMA decay per optimizer step.
     """
 
     objectives: dict[str, float] = field(default_factory=lambda: {"itc": 1.0})
@@ -47,6 +56,12 @@ class VLPObjectiveArguments:
     local_loss: bool = False
     gather_with_grad: bool = True
     itm_negative_ratio: float = 0.5
+    momentum_distill: bool = False
+    momentum: float = 0.995
+    distill_alpha: float = 0.4
+    queue_size: int = 4096
+    # Set by VLPTrainer when `momentum_distill` is on: the EMA teacher and its queues (momentum.py).
+    distiller: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if isinstance(self.objectives, str):
@@ -144,11 +159,148 @@ def prepare_itm_pairs(model: nn.Module, inputs: dict[str, Any], args: VLPObjecti
     return {**inputs, **paired, "itm_labels": itm_labels}
 
 
+_warned_no_image_ids = False
+
+
+def _image_ids(inputs: dict[str, Any], batch_size: int, device) -> torch.Tensor:
+    """The batch's `image_id`, or (with a warning) one id per row, unique across ranks."""
+    global _warned_no_image_ids
+    image_ids = inputs.get("image_id")
+    if image_ids is not None:
+        return image_ids.to(device)
+    if not _warned_no_image_ids:
+        logger.warning(
+            "The batch has no `image_id`: every row counts as a different image, so another caption of the same "
+            "image can be drawn as a negative. Add an image_id column when images have several captions."
+        )
+        _warned_no_image_ids = True
+    return torch.arange(batch_size, device=device) + get_rank() * batch_size
+
+
+def _unimodal_states(outputs: ModelOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    names = ("text_unimodal_state", "text_attention_mask", "image_unimodal_state", "image_attention_mask")
+    missing = [name for name in names if outputs.get(name) is None]
+    if missing:
+        raise ValueError(f"Hard-negative ITM needs the unimodal states in the model outputs; missing {missing}.")
+    return tuple(outputs[name] for name in names)
+
+
+def fusion_itm_objective(
+    model: nn.Module, outputs: ModelOutput, inputs: dict[str, Any], args: VLPObjectiveArguments
+) -> torch.Tensor:
+    """ALBEF's image-text matching with hard negatives from the global batch.
+
+    For every image a negative caption, and for every caption a negative image, is drawn from the softmax of the
+    ITC similarities against the whole gathered batch, never one of the same `image_id`. The unimodal states are
+    gathered with their gradient, so a negative from another rank trains that rank's encoders too. The fusion layers
+    then read B positive and up to 2B negative pairs; the loss is the ITM head's cross-entropy over all of them."""
+    text_states, text_mask, image_states, image_mask = _unimodal_states(outputs)
+    batch_size, device = text_states.shape[0], text_states.device
+    image_ids = _image_ids(inputs, batch_size, device)
+    distributed = args.gather and get_world_size() > 1
+    if distributed:
+        text_length = int(all_gather_padded(torch.tensor([[text_states.shape[1]]], device=device), 0).max())
+        text_states = nn.functional.pad(text_states, (0, 0, 0, text_length - text_states.shape[1]))
+        text_mask = nn.functional.pad(text_mask, (0, text_length - text_mask.shape[1]))
+        local_text_states, local_text_mask = text_states, text_mask
+        all_text_states = all_gather_features(text_states, args.gather_with_grad)
+        all_text_mask = all_gather_features(text_mask, gather_with_grad=False)
+        all_image_states = all_gather_features(image_states, args.gather_with_grad)
+        all_image_mask = all_gather_features(image_mask, gather_with_grad=False)
+        all_image_ids = all_gather_features(image_ids, gather_with_grad=False)
+        all_image_embeds = all_gather_features(outputs.image_embeds.detach(), gather_with_grad=False)
+        all_text_embeds = all_gather_features(outputs.text_embeds.detach(), gather_with_grad=False)
+    else:
+        local_text_states, local_text_mask = text_states, text_mask
+        all_text_states, all_text_mask, all_image_states, all_image_mask = text_states, text_mask, image_states, image_mask
+        all_image_ids = image_ids
+        all_image_embeds, all_text_embeds = outputs.image_embeds.detach(), outputs.text_embeds.detach()
+    with torch.no_grad():
+        scale = outputs.logit_scale.detach()
+        negative_texts, has_text = sample_hard_negatives(
+            scale * outputs.image_embeds.detach() @ all_text_embeds.t(), image_ids, all_image_ids
+        )
+        negative_images, has_image = sample_hard_negatives(
+            scale * outputs.text_embeds.detach() @ all_image_embeds.t(), image_ids, all_image_ids
+        )
+    pair_text = [local_text_states, all_text_states[negative_texts[has_text]], local_text_states[has_image]]
+    pair_text_mask = [local_text_mask, all_text_mask[negative_texts[has_text]], local_text_mask[has_image]]
+    pair_image = [image_states, image_states[has_text], all_image_states[negative_images[has_image]]]
+    pair_image_mask = [image_mask, image_mask[has_text], all_image_mask[negative_images[has_image]]]
+    base_model = model.base_model
+    fused = base_model.fuse(
+        torch.cat(pair_text), torch.cat(pair_text_mask), torch.cat(pair_image), torch.cat(pair_image_mask)
+    )
+    logits = model.itm_head(fused.pooler_output)
+    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
+    labels[:batch_size] = 1
+    return nn.functional.cross_entropy(logits.float(), labels)
+
+
+def fusion_itc_objective(
+    model: nn.Module, outputs: ModelOutput, inputs: dict[str, Any], args: VLPObjectiveArguments
+) -> torch.Tensor:
+    """ITC over the global batch; with momentum distillation, ALBEF's: the candidates are the teacher's features of
+    the global batch and its queue, the targets the teacher's similarities mixed with the ground truth (every
+    candidate of the same `image_id` is a positive)."""
+    distiller = args.distiller
+    if distiller is None:
+        return itc_objective(model, outputs, inputs, args)
+    teacher = inputs["teacher_outputs"]
+    batch_size, device = outputs.image_embeds.shape[0], outputs.image_embeds.device
+    image_ids = _image_ids(inputs, batch_size, device)
+    gather = args.gather and get_world_size() > 1
+    gathered = (lambda x: all_gather_features(x, gather_with_grad=False)) if gather else (lambda x: x)
+    with torch.no_grad():
+        all_images = torch.cat([gathered(teacher.image_embeds), distiller.image_queue.to(device)])
+        all_texts = torch.cat([gathered(teacher.text_embeds), distiller.text_queue.to(device)])
+        all_ids = torch.cat([gathered(image_ids), distiller.id_queue.to(device)])
+        positives = (image_ids[:, None] == all_ids[None, :]).float()
+        hard_targets = positives / positives.sum(dim=1, keepdim=True)
+        scale = outputs.logit_scale.detach()
+        alpha = distiller.alpha
+        i2t_targets = alpha * torch.softmax(scale * teacher.image_embeds @ all_texts.t(), dim=1) + (1 - alpha) * hard_targets
+        t2i_targets = alpha * torch.softmax(scale * teacher.text_embeds @ all_images.t(), dim=1) + (1 - alpha) * hard_targets
+    loss_i2t = soft_cross_entropy(outputs.logit_scale * outputs.image_embeds @ all_texts.t(), i2t_targets)
+    loss_t2i = soft_cross_entropy(outputs.logit_scale * outputs.text_embeds @ all_images.t(), t2i_targets)
+    if model.training:
+        distiller.enqueue(teacher.image_embeds, teacher.text_embeds, image_ids)
+    return (loss_i2t + loss_t2i) / 2
+
+
+def fusion_mlm_objective(
+    model: nn.Module, outputs: ModelOutput, inputs: dict[str, Any], args: VLPObjectiveArguments
+) -> torch.Tensor:
+    """MLM on the fused text; with momentum distillation mixed with the teacher's predicted distribution (ALBEF)."""
+    loss = _mlm_loss(model, outputs, inputs, args)
+    distiller = args.distiller
+    if distiller is None:
+        return loss
+    labels = inputs["mlm_labels"]
+    masked = labels != -100
+    if "itm_labels" in inputs:
+        masked = masked & (inputs["itm_labels"] == 1)[:, None]
+    if not masked.any():
+        return loss
+    teacher_probs = torch.softmax(inputs["teacher_outputs"].mlm_logits[masked].float(), dim=-1)
+    distill = soft_cross_entropy(outputs.mlm_logits[masked].float(), teacher_probs)
+    return (1 - distiller.alpha) * loss + distiller.alpha * distill
+
+
+_mlm_loss = model_loss("mlm", "`mlm_labels` (VLPPretrainingCollator with mlm_probability > 0)")
+
+
 OBJECTIVES: dict[str, dict[str, Objective]] = {
     "vlp_dual_encoder": {"itc": Objective(itc_objective)},
     "vlp_unified": {
         "itm": Objective(model_loss("itm", "`input_ids` (negatives are drawn here)"), prepare=prepare_itm_pairs),
-        "mlm": Objective(model_loss("mlm", "`mlm_labels` (VLPPretrainingCollator with mlm_probability > 0)")),
+        "mlm": Objective(_mlm_loss),
+        "mim": Objective(model_loss("mim", "`mim_mask` (VLPPretrainingCollator with mim_ratio > 0)")),
+    },
+    "vlp_fusion": {
+        "itc": Objective(fusion_itc_objective),
+        "itm": Objective(fusion_itm_objective),
+        "mlm": Objective(fusion_mlm_objective),
         "mim": Objective(model_loss("mim", "`mim_mask` (VLPPretrainingCollator with mim_ratio > 0)")),
     },
 }
@@ -194,7 +346,11 @@ def compute_objective_losses(
     for objective in objectives.values():
         if objective.prepare is not None:
             inputs = objective.prepare(unwrapped_model, inputs, objective_args)
-    outputs = model(**_forward_inputs(unwrapped_model, inputs), return_dict=True)
+    forward_inputs = _forward_inputs(unwrapped_model, inputs)
+    if objective_args.distiller is not None:
+        with torch.no_grad():
+            inputs = {**inputs, "teacher_outputs": objective_args.distiller.teacher(**forward_inputs, return_dict=True)}
+    outputs = model(**forward_inputs, return_dict=True)
     losses = {name: objective.loss(unwrapped_model, outputs, inputs, objective_args) for name, objective in objectives.items()}
     total = sum(objective_args.objectives[name] * loss for name, loss in losses.items())
     return total, losses, outputs
@@ -247,6 +403,28 @@ class VLPTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self._train_losses = _LossTracker()
         self._eval_losses = _LossTracker()
+        if self.objective_args.momentum_distill:
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            self.objective_args.distiller = MomentumDistiller(
+                unwrapped, momentum=self.objective_args.momentum, queue_size=self.objective_args.queue_size,
+                alpha=self.objective_args.distill_alpha,
+            )  # fmt: skip
+            self.add_callback(_MomentumUpdate(self.objective_args.distiller))
+
+    def _save_rng_state(self, output_dir):
+        # Saved with the optimizer and RNG states, before trainer_state.json marks the checkpoint complete.
+        super()._save_rng_state(output_dir)
+        if self.objective_args.distiller is not None and self.args.should_save:
+            self.objective_args.distiller.save(os.path.join(output_dir, MOMENTUM_STATE_NAME))
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        distiller = self.objective_args.distiller
+        if distiller is not None and checkpoint is not None:
+            path = os.path.join(checkpoint, MOMENTUM_STATE_NAME)
+            if not os.path.isfile(path):
+                raise ValueError(f"{checkpoint} has no {MOMENTUM_STATE_NAME}: it was not trained with momentum distillation.")
+            distiller.load(path)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         # As open_clip: no weight decay on scalars and vectors (temperature, sigmoid bias, norms, biases, class
@@ -289,6 +467,16 @@ class VLPTrainer(Trainer):
             return loss, None, None
         embeds = tuple(outputs[key].detach() for key in ("image_embeds", "text_embeds") if outputs.get(key) is not None)
         return loss, embeds, inputs.get("image_id")
+
+
+class _MomentumUpdate(TrainerCallback):
+    """Moves the EMA teacher one step after every optimizer step."""
+
+    def __init__(self, distiller: MomentumDistiller):
+        self.distiller = distiller
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.distiller.update(model)
 
 
 def _batch_size(inputs: dict[str, Any]) -> int:

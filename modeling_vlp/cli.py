@@ -538,7 +538,7 @@ def _is_finished(resume_from: str | None, training_args: TrainingArguments) -> b
 
 def pretrain(argv: Sequence[str]) -> int:
     from .collators import VLPCollator, VLPPretrainingCollator
-    from .trainer import VLPObjectiveArguments, VLPTrainer
+    from .trainer import VLPObjectiveArguments, VLPTrainer, resolve_objectives
 
     args, training_args = _pretrain_parser().parse_args_into_dataclasses(args=list(argv))
     _setup_logging(training_args)
@@ -583,6 +583,7 @@ def pretrain(argv: Sequence[str]) -> int:
     else:
         torch.manual_seed(training_args.seed)
         model = family.model_class()(config)
+    resolve_objectives(model, objective_args)  # fail before training when the family lacks an objective
     logger.info(
         "Model: %s (%s), %.2fM parameters; objectives %s.",
         type(model).__name__, preset, sum(p.numel() for p in model.parameters()) / 1e6, objective_args.objectives,

@@ -27,11 +27,13 @@ from .modeling_layers import (
     VLPPooler,
     VLPPreTrainedModel,
     VLPTextEmbeddings,
+    VLPMLMHead,
+    VLPPredictionHeadTransform,
     VLPTransformerLayer,
     masked_mean,
     self_attention_mask,
 )
-from .objectives import contrastive_logits, contrastive_loss
+from .objectives import contrastive_logits, contrastive_loss, masked_lm_loss, masked_mean_of, normalized_patch_targets
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -389,33 +391,6 @@ class VLPFusionEncoder(nn.Module):
         )
 
 
-class VLPPredictionHeadTransform(nn.Module):
-    """BERT's dense + activation + LayerNorm before a prediction layer."""
-
-    def __init__(self, hidden_size: int, hidden_act: str, layer_norm_eps: float):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.activation = ACT2FN[hidden_act]
-        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.layer_norm(self.activation(self.dense(hidden_states)))
-
-
-class VLPMLMHead(nn.Module):
-    """Transform + vocabulary decoder; the decoder weight is tied to the word embeddings."""
-
-    def __init__(self, text_config):
-        super().__init__()
-        self.transform = VLPPredictionHeadTransform(
-            text_config.hidden_size, text_config.hidden_act, text_config.layer_norm_eps
-        )
-        self.decoder = nn.Linear(text_config.hidden_size, text_config.vocab_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden_states))
-
-
 class VLPRegionHead(nn.Module):
     """LXMERT's masked-region heads on the image stream: object and attribute classes, feature regression."""
 
@@ -488,24 +463,13 @@ def region_loss(
     return total
 
 
-def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, num_patches, patch_size**2 * C), patches in the order of the patch embeddings."""
-    batch_size, channels, height, width = pixel_values.shape
-    grid_h, grid_w = height // patch_size, width // patch_size
-    patches = pixel_values.reshape(batch_size, channels, grid_h, patch_size, grid_w, patch_size)
-    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch_size, grid_h * grid_w, patch_size**2 * channels)
-
-
 def patch_regression_loss(
     predictions: torch.Tensor, pixel_values: torch.Tensor, mim_mask: torch.Tensor, patch_size: int
 ) -> torch.Tensor:
     """MSE between predicted and per-patch normalised pixels (MAE's `norm_pix_loss`) over the masked patches."""
-    target = patchify(pixel_values.to(predictions), patch_size)
-    mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-    target = (target - mean) / (var + 1e-6).sqrt()
-    loss = ((predictions - target) ** 2).mean(dim=-1)
-    mask = mim_mask.to(loss)
-    return (loss * mask).sum() / mask.sum().clamp(min=1.0)
+    target = normalized_patch_targets(pixel_values, patch_size)
+    loss = ((predictions.float() - target) ** 2).mean(dim=-1)
+    return masked_mean_of(loss, mim_mask.bool())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -960,7 +924,7 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
         text, vision = config.text_config, config.vision_config
         self.vlp = VLPFusionModel(config)
         self.itm_head = nn.Linear(text.hidden_size, 2)
-        self.mlm_head = VLPMLMHead(text)
+        self.mlm_head = VLPMLMHead(text.hidden_size, text.vocab_size, text.hidden_act, text.layer_norm_eps)
         self.region_head = self.patch_head = None
         if config.visual_input == "regions":
             self.region_head = VLPRegionHead(config) if config.region_losses else None
@@ -1104,13 +1068,9 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
                     f"`mlm_labels` must have the shape of `input_ids` {tuple(input_ids.shape)}, got "
                     f"{tuple(mlm_labels.shape)}."
                 )
-            labels = mlm_labels.to(mlm_logits.device)
-            if itm_labels is not None:  # a caption of another image: nothing to predict its tokens from
-                labels = labels.masked_fill(itm_labels.to(labels.device)[:, None] == 0, -100)
-            if bool((labels != -100).any()):
-                losses["mlm"] = F.cross_entropy(mlm_logits.flatten(0, 1), labels.flatten())
-            else:
-                losses["mlm"] = mlm_logits.sum() * 0.0
+            # A caption of another image (itm_labels 0) has nothing to predict its tokens from.
+            matching = None if itm_labels is None else itm_labels == 1
+            losses["mlm"] = masked_lm_loss(mlm_logits, mlm_labels.to(mlm_logits.device), matching)
         if self.config.visual_input == "regions":
             if self.region_head is None and (obj_labels is not None or attr_labels is not None):
                 raise ValueError("Region labels were given, but this model has no region heads (`region_losses=[]`).")

@@ -380,6 +380,32 @@ class VLPPooler(nn.Module):
         return self.activation(self.dense(hidden_states[:, 0]))
 
 
+class VLPPredictionHeadTransform(nn.Module):
+    """BERT's prediction-head transform: dense + activation + LayerNorm."""
+
+    def __init__(self, hidden_size: int, hidden_act: str, layer_norm_eps: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = ACT2FN[hidden_act]
+        self.layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.layer_norm(self.activation(self.dense(hidden_states)))
+
+
+class VLPMLMHead(nn.Module):
+    """BERT's masked-LM head: transform + vocabulary decoder. Models tie `decoder.weight` to their word embeddings
+    (`_tied_weights_keys`); the decoder's bias is its own."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, hidden_act: str, layer_norm_eps: float):
+        super().__init__()
+        self.transform = VLPPredictionHeadTransform(hidden_size, hidden_act, layer_norm_eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
 def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     if attention_mask is None:
         return hidden_states.mean(dim=1)

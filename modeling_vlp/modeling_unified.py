@@ -12,19 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_vlp import VLPUnifiedConfig
 from .modeling_layers import (
     VLPEncoder,
+    VLPMLMHead,
     VLPPatchEmbeddings,
     VLPPooler,
+    VLPPredictionHeadTransform,
     VLPPreTrainedModel,
     VLPTextEmbeddings,
     self_attention_mask,
 )
+from .objectives import masked_lm_loss, masked_mean_of, normalized_patch_targets
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -493,31 +495,6 @@ class VLPUnifiedEmbeddings(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class VLPPredictionTransform(nn.Module):
-    """BERT's prediction-head transform: dense + activation + LayerNorm."""
-
-    def __init__(self, config: VLPUnifiedConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = ACT2FN[config.hidden_act]
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.layer_norm(self.activation(self.dense(hidden_states)))
-
-
-class VLPMLMHead(nn.Module):
-    """Transform + decoder; the decoder's weight is tied to the word embeddings, its bias is its own."""
-
-    def __init__(self, config: VLPUnifiedConfig):
-        super().__init__()
-        self.transform = VLPPredictionTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden_states))
-
-
 class VLPPatchMIMHead(nn.Module):
     """SimMIM's linear head: each visual token predicts its patch's normalised pixels (patch_size**2 * channels)."""
 
@@ -534,7 +511,7 @@ class VLPRegionMIMHead(nn.Module):
 
     def __init__(self, config: VLPUnifiedConfig):
         super().__init__()
-        self.transform = VLPPredictionTransform(config)
+        self.transform = VLPPredictionHeadTransform(config.hidden_size, config.hidden_act, config.layer_norm_eps)
         self.regression = nn.Linear(config.hidden_size, config.visual_feat_dim)
         self.classifier = (
             nn.Linear(config.hidden_size, config.num_object_labels) if config.num_object_labels > 0 else None
@@ -568,46 +545,13 @@ class VLPVQAHead(nn.Module):
         return self.decoder(self.activation(self.layer_norm(self.dense(hidden_states))))
 
 
-def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` where `weights` (bool) is set; 0 (with a gradient path) where nothing is."""
-    weights = weights.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp(min=1.0)
-
-
-def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy over the tokens whose label is not -100, in the rows where `row_mask` is set."""
-    if row_mask is not None:
-        labels = labels.masked_fill(~row_mask.bool().unsqueeze(-1), -100)
-    labelled = labels != -100
-    # Only the labelled positions: the full (B, T, vocab) logits in float32 would be a large copy.
-    loss = F.cross_entropy(logits[labelled].float(), labels[labelled], reduction="sum")
-    return loss / labelled.sum().clamp(min=1)
-
-
-def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H/p * W/p, p * p * C), patches in raster order, pixels (row, column, channel) as MAE."""
-    batch_size, channels, height, width = pixel_values.shape
-    rows, columns = height // patch_size, width // patch_size
-    patches = pixel_values.reshape(batch_size, channels, rows, patch_size, columns, patch_size)
-    patches = patches.permute(0, 2, 4, 3, 5, 1)
-    return patches.reshape(batch_size, rows * columns, patch_size**2 * channels)
-
-
-def normalized_patch_targets(pixel_values: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """MAE's `norm_pix_loss` targets: each patch normalised by its own mean and (unbiased) variance."""
-    patches = patchify(pixel_values.float(), patch_size)
-    mean = patches.mean(dim=-1, keepdim=True)
-    var = patches.var(dim=-1, keepdim=True)
-    return (patches - mean) / (var + eps) ** 0.5
-
-
 def masked_patch_loss(predictions, pixel_values, patch_size, token_index, token_mask, mim_mask) -> torch.Tensor:
     """MSE to the normalised pixels, over the kept visual tokens (class token excluded) whose patch is masked."""
     index, kept = token_index[:, 1:], token_mask[:, 1:].bool()
     targets = normalized_patch_targets(pixel_values, patch_size)
     targets = targets.gather(1, index.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
     errors = (predictions[:, 1:].float() - targets).pow(2).mean(dim=-1)
-    return _weighted_mean(errors, mim_mask.gather(1, index) & kept)
+    return masked_mean_of(errors, mim_mask.gather(1, index) & kept)
 
 
 def masked_region_losses(
@@ -616,15 +560,15 @@ def masked_region_losses(
     """UNITER's MRFR (MSE to the original features) and MRC (KL to the detector's class distribution, or
     cross-entropy to a class id, -100 ignored) over the masked regions `region_mask` (B, N)."""
     errors = (predictions.float() - visual_feats.float()).pow(2).mean(dim=-1)
-    regression = _weighted_mean(errors, region_mask)
+    regression = masked_mean_of(errors, region_mask)
     if class_logits is None or (region_labels is None and region_class_scores is None):
         return regression, None
     log_probs = F.log_softmax(class_logits.float(), dim=-1)
     if region_class_scores is not None:
         divergence = F.kl_div(log_probs, region_class_scores.float(), reduction="none").sum(dim=-1)
-        return regression, _weighted_mean(divergence, region_mask)
+        return regression, masked_mean_of(divergence, region_mask)
     losses = F.nll_loss(log_probs.transpose(1, 2), region_labels, ignore_index=-100, reduction="none")
-    return regression, _weighted_mean(losses, region_mask & (region_labels != -100))
+    return regression, masked_mean_of(losses, region_mask & (region_labels != -100))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -775,7 +719,7 @@ class VLPUnifiedForPreTraining(VLPUnifiedPreTrainedModel):
         super().__init__(config)
         self.vlp = VLPUnifiedModel(config)
         self.itm_head = nn.Linear(config.hidden_size, 2)
-        self.mlm_head = VLPMLMHead(config)
+        self.mlm_head = VLPMLMHead(config.hidden_size, config.vocab_size, config.hidden_act, config.layer_norm_eps)
         self.mim_head = VLPPatchMIMHead(config) if config.visual_input == "patches" else VLPRegionMIMHead(config)
         self.post_init()
 

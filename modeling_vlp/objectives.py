@@ -166,3 +166,38 @@ def sample_hard_negatives(
     weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, (~same_image).float())
     weights[~has_negative] = 1.0
     return torch.multinomial(weights, 1).squeeze(1), has_negative
+
+
+def masked_mean_of(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` (bool, same shape) is set; 0 with a gradient path where nothing is."""
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MLM cross-entropy over the tokens whose label is not -100, in the rows where `row_mask` (B,) is set (ITM
+    negatives are not MLM examples); 0 with a gradient path when nothing is labelled."""
+    if row_mask is not None:
+        labels = labels.masked_fill(~row_mask.bool().to(labels.device).unsqueeze(-1), -100)
+    labelled = labels != -100
+    # Only the labelled positions: the full (B, T, vocab) logits in float32 would be a large copy.
+    loss = F.cross_entropy(logits[labelled].float(), labels[labelled], reduction="sum")
+    return loss / labelled.sum().clamp(min=1)
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, p * p * C), patches in raster order, pixels (row, column, channel) as MAE,
+    the order of the patch embeddings."""
+    batch_size, channels, height, width = pixel_values.shape
+    rows, columns = height // patch_size, width // patch_size
+    patches = pixel_values.reshape(batch_size, channels, rows, patch_size, columns, patch_size)
+    patches = patches.permute(0, 2, 4, 3, 5, 1)
+    return patches.reshape(batch_size, rows * columns, patch_size**2 * channels)
+
+
+def normalized_patch_targets(pixel_values: torch.Tensor, patch_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """MAE's `norm_pix_loss` targets: each patch normalised by its own mean and (unbiased) variance."""
+    patches = patchify(pixel_values.float(), patch_size)
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return (patches - mean) / (var + eps) ** 0.5

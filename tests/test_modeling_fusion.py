@@ -17,9 +17,9 @@ from modeling_vlp.modeling_fusion import (
     VLPFusionForPreTraining,
     VLPFusionForQuestionAnswering,
     VLPFusionModel,
-    patchify,
     rerank_retrieval,
 )
+from modeling_vlp.objectives import patchify
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

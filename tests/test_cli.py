@@ -177,3 +177,87 @@ def test_usage_and_unknown_command(capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "--output_dir" in help_text and "--objective_weights" in help_text and "--local_loss" in help_text
+
+
+# ---- the unified and fusion families, VQA fine-tuning -----------------------------------------------------------
+
+FAMILY_RUN = [
+    "--num-train", "48", "--num-validation", "12", "--per-device-train-batch-size", "8",
+    "--per-device-eval-batch-size", "16", "--vocab-size", "200", "--logging-steps", "2", "--max-steps", "4",
+    "--save-steps", "2",
+]  # fmt: skip
+
+
+def logged_losses(output_dir: Path) -> set[str]:
+    return {key for entry in read_state(output_dir)["log_history"] for key in entry if key.startswith("loss_")}
+
+
+@pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+def test_unified_pretraining_then_vqa_finetuning(tmp_path):
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    pretrained = tmp_path / "unified"
+    result = run_vlp(
+        ["pretrain", "--family", "unified", "--preset", "unified-tiny", "--objectives", "itm,mlm,mim",
+         "--objective-weights", "mlm=0.5", *FAMILY_RUN, "--output-dir", str(pretrained)],
+        tmp_path,
+    )  # fmt: skip
+    metrics = last_json_line(result.stdout)
+    assert {"i2t_r@1", "t2i_r@1", "chance_i2t_r@1", "itm_accuracy", "mlm_accuracy", "global_step"} <= set(metrics)
+    assert logged_losses(pretrained) == {"loss_itm", "loss_mlm", "loss_mim"}
+    config = json.loads((pretrained / "config.json").read_text())
+    assert config["architectures"] == ["VLPUnifiedForPreTraining"] and config["model_type"] == "vlp_unified"
+
+    finetuned = tmp_path / "vqa"
+    result = run_vlp(
+        ["finetune", "--task", "vqa", "--model", str(pretrained), "--output-dir", str(finetuned),
+         "--num-train", "24", "--num-validation", "8", "--max-steps", "4", "--eval-steps", "2",
+         "--per-device-train-batch-size", "8", "--per-device-eval-batch-size", "16", "--logging-steps", "2"],
+        tmp_path,
+    )  # fmt: skip
+    metrics = last_json_line(result.stdout)
+    assert {"vqa_accuracy", "eval_vqa_accuracy", "num_questions", "vqa_accuracy_colour"} <= set(metrics)
+    assert 0.0 <= metrics["vqa_accuracy"] <= 100.0
+    # The Trainer reported VQA accuracy at each evaluation during training too.
+    assert any("eval_vqa_accuracy" in entry for entry in read_state(finetuned)["log_history"])
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(finetuned)
+    assert type(model).__name__ == "VLPUnifiedForQuestionAnswering"
+    assert model.config.num_labels == len(model.config.id2label) > 5
+
+
+@pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+def test_unified_pretraining_on_region_features(tmp_path):
+    output_dir = tmp_path / "regions"
+    result = run_vlp(
+        ["pretrain", "--family", "unified", "--preset", "unified-small-regions", "--layers", "1", "--width", "32",
+         "--heads", "2", "--objectives", "itm,mlm,mim", *FAMILY_RUN, "--output-dir", str(output_dir)],
+        tmp_path,
+    )  # fmt: skip
+    assert {"itm_accuracy", "i2t_r@1"} <= set(last_json_line(result.stdout))
+    assert logged_losses(output_dir) == {"loss_itm", "loss_mlm", "loss_mim"}
+    processor_config = json.loads((output_dir / "processor_config.json").read_text())
+    assert processor_config.get("image_processor") is None
+
+
+@pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+def test_fusion_pretraining_with_momentum_distillation(tmp_path):
+    output_dir = tmp_path / "fusion"
+    result = run_vlp(
+        ["pretrain", "--family", "fusion", "--preset", "fusion-tiny", "--momentum-distill", "--queue-size", "16",
+         *FAMILY_RUN, "--output-dir", str(output_dir)],
+        tmp_path,
+    )  # fmt: skip
+    metrics = last_json_line(result.stdout)
+    assert {"i2t_r@1", "itc_i2t_r@1", "num_itm_pairs", "rerank_k", "chance_t2i_r@1"} <= set(metrics)
+    assert logged_losses(output_dir) == {"loss_itc", "loss_itm", "loss_mlm"}
+    assert (output_dir / "checkpoint-2" / "momentum_state.safetensors").is_file()
+
+
+def test_options_of_another_family_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--vision-layers do not apply to the 'unified' family"):
+        main(["pretrain", "--family", "unified", "--vision-layers", "2", "--output-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"\[.itc.\] are not available for VLPUnifiedForPreTraining"):
+        main(["pretrain", "--family", "unified", "--preset", "unified-tiny", "--objectives", "itc", *FAMILY_RUN,
+              "--output-dir", str(tmp_path / "x")])  # fmt: skip
+    with pytest.raises(ValueError, match="exactly one of --model"):
+        main(["finetune", "--task", "vqa", "--output-dir", str(tmp_path / "y")])

@@ -24,6 +24,7 @@ from transformers.image_processing_backends import TorchvisionBackend
 from ..configuration_vlp import VLPDualEncoderConfig
 from ..modeling_dual_encoder import VLPDualEncoderModel
 from ..processors import VLPImageProcessor, VLPProcessor
+from . import hub
 
 
 logger = logging.getLogger("modeling_vlp.conversion")
@@ -59,6 +60,7 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         "Default: 2e-2.",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Seed of the parity images. Default: 0.")
+    hub.add_push_arguments(parser)
     return parser
 
 
@@ -462,7 +464,8 @@ def check_parity(
 
 
 def convert(source: SourceCheckpoint, args: argparse.Namespace) -> int:
-    """Load, check parity, save. Returns the exit status: 0 when saved, 1 when parity failed (nothing saved)."""
+    """Load, check parity, save, and push with --push-to-hub. Returns the exit status: 0 when saved (and pushed),
+    1 when parity failed (nothing saved) or the push failed (saved, not pushed)."""
     logger.info(f"Converting {source.name} into {type(source.config).__name__}")
     model = load_converted(source.config, source.state_dict)
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
@@ -474,7 +477,11 @@ def convert(source: SourceCheckpoint, args: argparse.Namespace) -> int:
         logger.error("Parity failed: nothing written.")
         return 1
     save(model, source.processor, args.output)
-    return 0
+    parity = {**report.model_diffs, **{f"{name} (end to end)": diff for name, diff in report.end_to_end_diffs.items()}}
+    return hub.push_after_conversion(
+        args, args.output, source=source.name, parity=parity, tolerance=args.tolerance,
+        source_path=getattr(args, "source", None),
+    )  # fmt: skip
 
 
 def save(model: VLPDualEncoderModel, processor: VLPProcessor, output_dir: str) -> None:

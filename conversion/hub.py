@@ -1,0 +1,846 @@
+"""Push a saved folder (model, processor, remote code) to the Hugging Face Hub with a generated model card.
+
+    vlp push DIR REPO_ID [--hub-endpoint URL] [--private] [--revision BRANCH] [--commit-message MSG]
+    python -m modeling_vlp.conversion.convert_clip --source SRC --output OUT --push-to-hub me/clip-b-32
+
+Every folder `save_pretrained` writes for us has the same layout whatever the family (config.json with `auto_map`,
+model.safetensors, processor files and the model's code files), so one function pushes them all: `push_folder`
+creates the repo (`create_repo`), writes the model card into the folder as README.md and uploads the folder
+(`upload_folder`; Trainer checkpoints and `_*` files stay behind).
+
+The card (`build_model_card`) is a `huggingface_hub.ModelCard` whose metadata holds only what is known: license,
+`library_name: transformers`, the `modeling_vlp` tag, the family (`config.model_type`) and objectives as tags,
+`base_model` for a converted checkpoint, the datasets given, and a `model-index` built from the metrics given (a
+card without measured metrics has no model-index). `pipeline_tag`: a dual encoder is a
+"zero-shot-image-classification" model (the stock pipeline runs it); a question-answering head is
+"visual-question-answering"; every other single-stream or fusion encoder is "feature-extraction", the Hub tag for
+models whose output is features and scores ("image-text-to-text" would promise generated text, which none of them
+produces). `model-index` task types follow the metric: zero-shot and VQA metrics take those Hub tasks, "fill-mask"
+MLM accuracy; retrieval and matching metrics take "image-text-retrieval" / "image-text-matching", which name the
+task although the Hub has no pipeline of that name (model-index task types are free text).
+
+Tokens. The token is `token=` / `--hub-token`, else whatever `huggingface_hub` finds (`HF_TOKEN`, then the one
+`hf auth login` stored). It is never printed or logged; errors say what to do instead. Prefer `HF_TOKEN` to
+`--hub-token`: a command line is visible to other users of the machine.
+
+Endpoint. `endpoint=` / `--hub-endpoint` points the push at another Hub (a mirror, a test server); reading back
+goes through `HF_ENDPOINT`, which huggingface_hub reads once, at import. The Trainer's own push
+(`Trainer.push_to_hub`) also uses `HF_ENDPOINT`; `use_model_card(trainer)` makes it push our card.
+
+Xet. huggingface_hub 2.x uploads every file the server marks "lfs" through Xet storage whenever the `hf_xet`
+package is installed, without asking the server; a Hub without Xet (an older mirror) then fails, and the error
+says to set `HF_HUB_DISABLE_XET=1` (legacy LFS uploads).
+"""
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import struct
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.repocard_data import EvalResult
+
+
+logger = logging.getLogger("modeling_vlp.conversion.hub")
+
+README_NAME = "README.md"
+CONFIG_NAME = "config.json"
+EVAL_RESULTS_NAME = "eval_results.json"
+TRAINER_STATE_NAME = "trainer_state.json"
+TRAINING_ARGS_NAME = "training_args.bin"
+# What a training output folder holds besides the model: Trainer checkpoints (pushed only as the final model), files
+# the Trainer itself keeps out of pushes, TensorBoard logs, and the pickled TrainingArguments, which hold `hub_token`
+# in clear when one was given to the Trainer.
+DEFAULT_IGNORE_PATTERNS = ("checkpoint-*", "_*", "runs/*", TRAINING_ARGS_NAME)
+CARD_KINDS = ("converted", "trained")
+TOKEN_HELP = "set HF_TOKEN, pass --hub-token (token= in Python), or log in once with `hf auth login`"
+
+OBJECTIVES = {
+    "itc": "image-text contrastive learning (matched pairs against every other pair of the global batch)",
+    "itm": "image-text matching (a binary classifier on the fused pair, with hard negatives)",
+    "mlm": "masked language modelling conditioned on the image",
+    "mim": "masked image modelling (masked patches or regions reconstructed)",
+    "lm": "captioning (language modelling conditioned on the image)",
+}
+FAMILIES = {
+    "vlp_dual_encoder": "dual encoder (separate image and text towers scored by a dot product, CLIP / SigLIP style)",
+    "vlp_unified": "unified single-stream encoder (one transformer over text and visual tokens, ViLT / "
+    "VisualBERT / UNITER style)",
+    "vlp_fusion": "fusion encoder (text and image encoders joined by fusion layers, LXMERT / ALBEF style)",
+    "vlp_vision": "image encoder (the vision tower of a modeling_vlp model)",
+    "vlp_text": "text encoder (the text tower of a modeling_vlp model)",
+}
+
+
+class HubPushError(RuntimeError):
+    """A push that did not happen, with what to do about it."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------
+
+
+def add_push_arguments(parser: argparse.ArgumentParser, repo_option: bool = True) -> argparse.ArgumentParser:
+    """Add the push options: --push-to-hub REPO_ID (unless `repo_option=False`, for a command that takes the repo
+    as a positional argument), --hub-endpoint, --private, --revision, --commit-message, --hub-token, --exist-ok /
+    --no-exist-ok, and the card's --base-model and --license. Options the parser already has (a TrainingArguments
+    parser has --push-to-hub, --hub-token) are left as they are."""
+    group = parser.add_argument_group("Hugging Face Hub")
+    options = [
+        (("--hub-endpoint",), dict(default=None, metavar="URL",
+            help="Hub to push to (default: HF_ENDPOINT, else https://huggingface.co).")),
+        (("--private",), dict(action="store_true", help="Create the repo private (no effect on an existing repo).")),
+        (("--revision",), dict(default=None, metavar="BRANCH", help="Branch to push to, created when missing "
+            "(default: main).")),
+        (("--commit-message",), dict(default=None, metavar="MESSAGE", help="Message of the commit.")),
+        (("--hub-token",), dict(default=None, metavar="TOKEN", help="Hub token with write access (default: HF_TOKEN "
+            "or the token `hf auth login` stored; prefer those, a command line is visible to other users).")),
+        (("--exist-ok",), dict(action=argparse.BooleanOptionalAction, default=True, help="Push to the repo when it "
+            "exists already (--no-exist-ok: fail instead). Default: push.")),
+        (("--base-model",), dict(default=None, metavar="REPO_ID", help="Hub id of the checkpoint this one was "
+            "converted or fine-tuned from, for the model card's base_model.")),
+        (("--license",), dict(default=None, help="License in the model card (default: apache-2.0 for a trained "
+            "model; 'unknown' for a converted one, which keeps its source's license: set it).")),
+    ]  # fmt: skip
+    if repo_option:
+        help = "After saving, push the folder to this Hub repo (namespace/name, or name in your namespace)."
+        options.insert(0, (("--push-to-hub",), dict(default=None, metavar="REPO_ID", help=help)))
+    for flags, kwargs in options:
+        if any(flag in parser._option_string_actions for flag in flags):
+            continue
+        group.add_argument(*flags, **kwargs)
+    return parser
+
+
+def push_kwargs_from_args(args) -> dict:
+    """`push_folder` keyword arguments from parsed options: ours (`add_push_arguments`) or TrainingArguments'
+    (`hub_token`, `hub_private_repo`, `hub_revision`)."""
+    private = getattr(args, "private", None)
+    return dict(
+        endpoint=getattr(args, "hub_endpoint", None),
+        token=getattr(args, "hub_token", None),
+        private=bool(private if private is not None else getattr(args, "hub_private_repo", False)),
+        revision=getattr(args, "revision", None) or getattr(args, "hub_revision", None),
+        commit_message=getattr(args, "commit_message", None),
+        exist_ok=getattr(args, "exist_ok", True),
+    )
+
+
+def _push_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlp push",
+        description="Push a saved folder (config.json, model.safetensors, processor, code files) to the Hugging Face "
+        "Hub. Without a README.md in the folder, a model card is generated from what the folder holds "
+        "(config.json, and eval_results.json / trainer_state.json of a `vlp pretrain` run).",
+    )
+    parser.add_argument("folder", help="The folder save_pretrained wrote (e.g. the --output-dir of vlp pretrain).")
+    parser.add_argument("repo_id", help="Hub repo: namespace/name, or name in your namespace.")
+    add_push_arguments(parser, repo_option=False)
+    card = parser.add_argument_group("Model card")
+    card.add_argument(
+        "--card", choices=("auto", "generate", "keep"), default="auto",
+        help="auto: keep the folder's README.md, else generate one; generate: replace it; keep: push as is "
+        "(no card when there is none).",
+    )  # fmt: skip
+    card.add_argument("--source", default=None, help="What the checkpoint was converted from, for the card.")
+    card.add_argument("--dataset", default=None, help="Training data, for the card (a name or a Hub dataset id).")
+    card.add_argument("--objectives", default=None, help="Training objectives, comma-separated (e.g. itc,itm).")
+    return parser
+
+
+def push_command(argv: Sequence[str]) -> int:
+    """`vlp push DIR REPO_ID [options]`: 0 when pushed, 1 when not (the reason on stderr)."""
+    args = _push_parser().parse_args(list(argv))
+    try:
+        card = None
+        readme = os.path.join(args.folder, README_NAME)
+        if args.card == "generate" or (args.card == "auto" and not os.path.isfile(readme)):
+            objectives = [name for name in (args.objectives or "").split(",") if name] or None
+            card = model_card_for_run(
+                args.folder, repo_id=args.repo_id, base_model=args.base_model, source=args.source,
+                objectives=objectives, dataset=args.dataset, license=args.license,
+            )  # fmt: skip
+        info = push_folder(args.folder, args.repo_id, model_card=card, **push_kwargs_from_args(args))
+    except (HubPushError, HfHubHTTPError, ValueError, FileNotFoundError) as error:
+        print(f"vlp push: error: {error}", file=sys.stderr)
+        return 1
+    print(f"Pushed {args.folder} to {info.commit_url}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pushing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    exist_ok: bool = True,
+    model_card: ModelCard | None = None,
+    ignore_patterns: Iterable[str] = DEFAULT_IGNORE_PATTERNS,
+):
+    """Create `repo_id` (unless it exists and `exist_ok`), write `model_card` into `folder` as README.md and upload
+    the folder, but `ignore_patterns`, in one commit to `revision` (a branch, created from main when missing).
+    Returns the `huggingface_hub.CommitInfo` (`.commit_url`, `.oid`).
+
+    Raises `HubPushError` with what to do when the Hub refuses (no or a wrong token, the repo exists and not
+    `exist_ok`) or the connection fails (nothing is committed then: re-running uploads only what is missing).
+    """
+    folder = os.fspath(folder)
+    if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise ValueError(f"`folder` {folder!r} has no {CONFIG_NAME}; expected a folder written by save_pretrained.")
+    if not isinstance(repo_id, str) or not re.fullmatch(r"([\w.-]+/)?[\w.-]+", repo_id):
+        raise ValueError(f"`repo_id` must look like 'namespace/name' or 'name', got {repo_id!r}.")
+    api = HfApi(endpoint=endpoint, token=token)
+    where = f"{repo_id} on {api.endpoint}"
+    with _explained_hub_errors(where, token_given=token is not None, creating=not exist_ok):
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=exist_ok).repo_id
+    where = f"{repo_id} on {api.endpoint}"
+    if model_card is not None:
+        model_card.save(os.path.join(folder, README_NAME))
+    with _explained_hub_errors(where, token_given=token is not None):
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            revision=revision,
+            commit_message=commit_message or "Upload model and processor with modeling_vlp",
+            ignore_patterns=list(ignore_patterns),
+        )
+    logger.info("Pushed %s to %s", folder, info.commit_url)
+    return info
+
+
+@contextmanager
+def _explained_hub_errors(where: str, token_given: bool, creating: bool = False):
+    """Turn what the client raises into a `HubPushError` that says what happened and what to do."""
+    try:
+        yield
+    except Exception as error:
+        message = _explain(error, where, token_given, creating)
+        if message is None:
+            raise
+        raise HubPushError(message) from error
+
+
+def _explain(error: Exception, where: str, token_given: bool, creating: bool) -> str | None:
+    status = _status_code(error)
+    if status == 401:
+        found = "the token was refused" if token_given or _token_found() else "no token was found"
+        return f"The Hub refused to write to {where} (HTTP 401: {found}). To push, {TOKEN_HELP}."
+    if status == 403:
+        return (
+            f"The Hub refused to write to {where} (HTTP 403): the token has no write access to that namespace. Use "
+            f"a token with write access ({TOKEN_HELP}), or push to your own namespace."
+        )
+    if status == 409 and creating:
+        return (
+            f"The repo {where} exists already, and --no-exist-ok (exist_ok=False) asked for a new one. Push to it "
+            "with --exist-ok (exist_ok=True), or pick another repo id."
+        )
+    chain = _exception_chain(error)
+    if any(_XET_FAILURE.search(str(e)) or type(e).__module__.startswith("hf_xet") for e in chain):
+        return (
+            f"Uploading to {where} through Xet storage failed ({_short(chain[-1])}). A Hub without Xet support needs "
+            "the legacy LFS protocol: set HF_HUB_DISABLE_XET=1 and push again."
+        )
+    transport = next((e for e in chain if _is_transport_error(e)), None)
+    if transport is not None:
+        return (
+            f"The connection to the Hub failed while pushing to {where} ({_short(transport)}). Nothing is committed "
+            "until the final commit request succeeds: push again to finish (files already uploaded are not sent "
+            "twice)."
+        )
+    return None
+
+
+_XET_FAILURE = re.compile(r"xet-(write|read)-token|X-Xet|\bCAS\b")
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        chain.append(error)
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _status_code(error: BaseException) -> int | None:
+    for item in _exception_chain(error):
+        if isinstance(item, HfHubHTTPError) and item.response is not None:
+            return item.response.status_code
+    return None
+
+
+def _is_transport_error(error: BaseException) -> bool:
+    # httpx (huggingface_hub 1.x) or httpx2 (2.x): both name their network failures TransportError.
+    return isinstance(error, ConnectionError) or any(
+        cls.__name__ == "TransportError" and cls.__module__.split(".")[0] in ("httpx", "httpx2")
+        for cls in type(error).__mro__
+    )
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _token_found() -> bool:
+    from huggingface_hub import get_token
+
+    return get_token() is not None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# After a conversion
+# --------------------------------------------------------------------------------------------------------------
+
+
+def base_model_from_path(path: str | None) -> str | None:
+    """The Hub id of a source folder in the Hub cache (`.../models--org--name/snapshots/<sha>`), else None."""
+    if not path:
+        return None
+    match = re.search(r"models--([^/\\]+?)--([^/\\]+?)[/\\]snapshots[/\\]", os.path.abspath(path) + os.sep)
+    return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
+def push_after_conversion(
+    args: argparse.Namespace,
+    output_dir: str,
+    *,
+    source: str,
+    parity: Mapping[str, float],
+    tolerance: float | None = None,
+    source_path: str | None = None,
+) -> int:
+    """What a conversion script does after saving when --push-to-hub was given: a card with the source and the
+    parity figures just measured, then the push. Returns the exit status (0 pushed, 1 not: the reason logged,
+    the converted folder is saved either way)."""
+    repo_id = getattr(args, "push_to_hub", None)
+    if not repo_id:
+        return 0
+    if source_path:  # the card names the source folder, not where it sat on this machine
+        source = source.replace(source_path, os.path.basename(os.path.normpath(source_path)))
+    try:
+        card = build_model_card(
+            output_dir, kind="converted", repo_id=repo_id, source=source, parity=parity, parity_tolerance=tolerance,
+            base_model=getattr(args, "base_model", None) or base_model_from_path(source_path),
+            license=getattr(args, "license", None) or "unknown",
+        )  # fmt: skip
+        info = push_folder(output_dir, repo_id, model_card=card, **push_kwargs_from_args(args))
+    except (HubPushError, HfHubHTTPError, ValueError) as error:
+        logger.error("Saved to %s, but the push failed: %s", output_dir, error)
+        logger.error("Push it later with: vlp push %s %s", output_dir, repo_id)
+        return 1
+    logger.info("Pushed to %s", info.commit_url)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model cards
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_config(folder: str) -> dict:
+    path = os.path.join(folder, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise ValueError(f"`folder` {folder!r} has no {CONFIG_NAME}; expected a folder written by save_pretrained.")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def count_parameters(folder: str) -> int | None:
+    """Number of weights in the folder's safetensors files, read from their headers (nothing is loaded)."""
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index_path):
+        with open(index_path, encoding="utf-8") as handle:
+            files = sorted(set(json.load(handle)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        return None
+    total = 0
+    for name in files:
+        with open(os.path.join(folder, name), "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        total += sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
+    return total
+
+
+def pipeline_tag_for(config: Mapping) -> str:
+    """The Hub pipeline tag of a saved model (see the module docstring for the choice)."""
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    if model_type == "vlp_dual_encoder":
+        return "zero-shot-image-classification"
+    if any("QuestionAnswering" in name for name in architectures):
+        return "visual-question-answering"
+    if model_type == "vlp_vision":
+        return "image-feature-extraction"
+    return "feature-extraction"
+
+
+def _describe_vision(vision: Mapping) -> str:
+    if vision.get("model_type", "vlp_vision") != "vlp_vision":
+        return f"a `{vision.get('model_type')}` image encoder (width {vision.get('hidden_size')})"
+    return (
+        f"a ViT with {vision.get('num_hidden_layers')} layers, width {vision.get('hidden_size')}, "
+        f"{vision.get('num_attention_heads')} heads, on {vision.get('image_size')}px images cut in "
+        f"{vision.get('patch_size')}px patches"
+    )
+
+
+def _describe_text(text: Mapping) -> str:
+    if text.get("model_type", "vlp_text") != "vlp_text":
+        return f"a `{text.get('model_type')}` text encoder (width {text.get('hidden_size')})"
+    kind = "causal" if text.get("causal") else "bidirectional"
+    return (
+        f"a {kind} transformer with {text.get('num_hidden_layers')} layers, width {text.get('hidden_size')}, "
+        f"{text.get('num_attention_heads')} heads, a {text.get('vocab_size')}-token vocabulary and up to "
+        f"{text.get('max_position_embeddings')} tokens"
+    )
+
+
+def _describe_visual_input(config: Mapping, patches: str) -> str:
+    if config.get("visual_input") == "regions":
+        return (
+            f"detector region features ({config.get('visual_feat_dim')}-d, with "
+            f"{config.get('visual_pos_dim', 4)}-d boxes) instead of pixels"
+        )
+    return patches
+
+
+def describe_architecture(config: Mapping) -> list[str]:
+    """Bullet points on the architecture, read from config.json."""
+    model_type = config.get("model_type")
+    lines = []
+    if model_type == "vlp_dual_encoder":
+        vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
+        loss = {"softmax": "softmax (CLIP's InfoNCE)", "sigmoid": "sigmoid (SigLIP's pairwise)"}.get(
+            config.get("loss_type"), config.get("loss_type")
+        )
+        lines += [
+            f"Image tower: {_describe_vision(vision)}.",
+            f"Text tower: {_describe_text(text)}.",
+            f"Both project to a shared {config.get('projection_dim')}-d embedding, scored by the {loss} "
+            "contrastive loss.",
+        ]
+    elif model_type == "vlp_unified":
+        visual = _describe_visual_input(
+            config, f"image patches ({config.get('image_size')}px images, {config.get('patch_size')}px patches)"
+        )
+        lines += [
+            f"One transformer over `[text; visual]` tokens: {config.get('num_hidden_layers')} layers, width "
+            f"{config.get('hidden_size')}, {config.get('num_attention_heads')} heads "
+            f"({'pre' if config.get('pre_norm') else 'post'}-norm).",
+            f"Text: a {config.get('vocab_size')}-token vocabulary, up to {config.get('max_position_embeddings')} "
+            f"tokens. Visual tokens: {visual}.",
+        ]
+    elif model_type == "vlp_fusion":
+        vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
+        image = _describe_visual_input(config, _describe_vision(vision))
+        lines += [
+            f"Text encoder: {_describe_text(text)}.",
+            f"Image encoder: {image}.",
+            f"Fusion: {config.get('num_fusion_layers')} `{config.get('fusion_type')}` layers over both streams.",
+        ]
+    elif model_type == "vlp_vision":
+        lines.append(f"Image encoder: {_describe_vision(config)}.")
+    elif model_type == "vlp_text":
+        lines.append(f"Text encoder: {_describe_text(config)}.")
+    else:
+        sizes = {key: config[key] for key in ("hidden_size", "num_hidden_layers") if key in config}
+        lines.append(f"`{model_type}` model; {', '.join(f'{k} {v}' for k, v in sizes.items()) or 'sizes unknown'}.")
+    if config.get("architectures"):
+        lines.append(f"Saved class: `{'`, `'.join(config['architectures'])}`.")
+    return lines
+
+
+def _auto_class(config: Mapping) -> str:
+    """The Auto class that loads the saved architecture (from `auto_map`), AutoModel when none names it."""
+    auto_map = config.get("auto_map") or {}
+    architecture = (config.get("architectures") or [None])[0]
+    if architecture is None or auto_map.get("AutoModel", "").endswith("." + architecture):
+        return "AutoModel"
+    candidates = [
+        auto_class
+        for auto_class, reference in auto_map.items()
+        if auto_class.startswith("AutoModel") and str(reference).endswith("." + architecture)
+    ]
+    # One class may serve several Auto classes (ForPreTraining is also the masked-LM one): take the namesake.
+    head = architecture.partition("For")[2]
+    return next((name for name in candidates if head and head in name), candidates[0] if candidates else "AutoModel")
+
+
+def _preprocessor_class(folder: str) -> str | None:
+    if os.path.isfile(os.path.join(folder, "processor_config.json")):
+        return "AutoProcessor"
+    if os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
+        return "AutoTokenizer"
+    return None
+
+
+# Values of eval_results.json that describe the run or the data rather than measure the model.
+_BOOKKEEPING = re.compile(r"^(global_step|epoch|num_.*|.*runtime|.*_per_second|.*chance.*)$")
+
+
+def _is_measurement(name: str, value) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and not _BOOKKEEPING.match(name)
+    )
+
+
+def _metric_task(name: str) -> tuple[str, str]:
+    if name.startswith("zero_shot"):
+        return "zero-shot-image-classification", "Zero-shot image classification"
+    if name.startswith("vqa"):
+        return "visual-question-answering", "Visual question answering"
+    if name.startswith(("i2t_", "t2i_")) or name == "rsum":
+        return "image-text-retrieval", "Image-text retrieval"
+    if name.startswith("itm"):
+        return "image-text-matching", "Image-text matching"
+    if name.startswith("mlm"):
+        return "fill-mask", "Masked language modelling"
+    return "vision-language-pretraining", "Held-out evaluation"
+
+
+def _metric_name(name: str) -> str:
+    patterns = (
+        (r"i2t_r@(\d+)", "Image-to-text recall@{} (%)"), (r"t2i_r@(\d+)", "Text-to-image recall@{} (%)"),
+        (r"(i2t|t2i)_(mean|median)_rank", None), (r"zero_shot_top(\d+)", "Zero-shot top-{} accuracy (%)"),
+    )  # fmt: skip
+    for pattern, template in patterns:
+        match = re.fullmatch(pattern, name)
+        if match and template:
+            return template.format(match.group(1))
+        if match:
+            direction = "Image-to-text" if match.group(1) == "i2t" else "Text-to-image"
+            return f"{direction} {match.group(2)} rank"
+    names = {"rsum": "Sum of the recalls", "itm_accuracy": "ITM accuracy (%)", "mlm_accuracy": "MLM accuracy (%)",
+             "vqa_accuracy": "VQA accuracy (%)", "eval_loss": "Held-out loss"}  # fmt: skip
+    return names.get(name, name)
+
+
+def _eval_results(metrics: Mapping[str, float], dataset_name: str, dataset_type: str, split: str | None):
+    results = []
+    for name, value in metrics.items():
+        if not _is_measurement(name, value):
+            continue
+        task_type, task_name = _metric_task(name)
+        results.append(
+            EvalResult(
+                task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
+                dataset_split=split, metric_type=name, metric_name=_metric_name(name), metric_value=float(value),
+            )  # fmt: skip
+        )
+    return results
+
+
+def _format_number(value) -> str:
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.4g}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def build_model_card(
+    folder: str | os.PathLike,
+    *,
+    kind: str | None = "converted",
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    source: str | None = None,
+    parity: Mapping[str, float] | None = None,
+    parity_tolerance: float | None = None,
+    objectives: Sequence[str] | None = None,
+    training: Mapping | None = None,
+    eval_results: Mapping[str, float] | None = None,
+    eval_dataset: str | None = None,
+    eval_split: str | None = None,
+    datasets: str | Sequence[str] | None = None,
+    license: str = "apache-2.0",
+    tags: Sequence[str] | None = None,
+    limitations: Sequence[str] | None = None,
+) -> ModelCard:
+    """The model card of a saved folder, from its config.json and what the caller measured.
+
+    kind: "converted" (from `source`, `base_model` on the Hub, with the `parity` max-abs differences measured at
+    conversion, e.g. `{"logits_per_image": 3e-6}`), "trained" (with `objectives`, and `training`: any of
+    `steps`, `batch_size`, `dataset`, `dataset_description`, `learning_rate`, `final_loss`), or None (nothing is
+    known about how the weights were made). `eval_results` is the flat metrics dict `vlp pretrain` writes to
+    eval_results.json; measured values become the card's model-index on `eval_dataset` (default:
+    `training["dataset"]`), run bookkeeping (global_step, num_*, chance levels) only appears in the body.
+    `datasets` are Hub dataset ids for the metadata.
+    """
+    folder = os.fspath(folder)
+    if kind is not None and kind not in CARD_KINDS:
+        raise ValueError(f"`kind` must be one of {CARD_KINDS} or None, got {kind!r}.")
+    config = read_config(folder)
+    model_type = config.get("model_type") or "unknown"
+    training = dict(training or {})
+    objectives = list(objectives or [])
+    unknown = [name for name in objectives if name not in OBJECTIVES]
+    if unknown:
+        raise ValueError(f"`objectives` holds {unknown}; expected names among {sorted(OBJECTIVES)}.")
+    name = (repo_id or os.path.basename(os.path.abspath(folder))).split("/")[-1]
+    repo_ref = repo_id or "path/to/this/folder"
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets or []) or None
+
+    metrics = dict(eval_results or {})
+    results = None
+    if any(_is_measurement(key, value) for key, value in metrics.items()):
+        dataset_name = eval_dataset or training.get("dataset") or "held-out split"
+        dataset_type = eval_dataset or training.get("dataset") or "unspecified"
+        results = _eval_results(metrics, dataset_name, dataset_type, eval_split)
+
+    card_tags = ["modeling_vlp", model_type, "vision-language", *objectives]
+    if kind == "converted":
+        card_tags.append("converted")
+    card_tags += list(tags or [])
+    card_data = ModelCardData(
+        license=license,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag_for(config),
+        tags=list(dict.fromkeys(card_tags)),
+        base_model=base_model,
+        datasets=datasets,
+        model_name=name if results else None,  # the model-index's name; alone it would only repeat the title
+        eval_results=results,
+    )
+
+    family = FAMILIES.get(model_type, f"`{model_type}` model")
+    num_parameters = count_parameters(folder)
+    size = f"{num_parameters / 1e6:.2f}M-parameter " if num_parameters is not None else ""
+    body = [f"# {name}", "", f"A {size}vision-language {family}, saved with `modeling_vlp` as a transformers "
+            "model.", ""]  # fmt: skip
+    body += [f"- {line}" for line in describe_architecture(config)]
+    body += ["", *_loading_section(folder, config, repo_ref)]
+    if kind == "converted":
+        body += ["", *_conversion_section(source, base_model, parity, parity_tolerance)]
+    elif kind == "trained":
+        body += ["", *_training_section(objectives, training)]
+    else:
+        body += ["", "## Provenance", "", "How these weights were made is not recorded with them."]
+    body += ["", *_evaluation_section(metrics, results is not None)]
+    body += ["", *_limits_section(kind, training, license, limitations)]
+    content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
+    return ModelCard(content)
+
+
+def _loading_section(folder: str, config: Mapping, repo_ref: str) -> list[str]:
+    auto_class = _auto_class(config)
+    preprocessor = _preprocessor_class(folder)
+    imports = ", ".join(sorted({auto_class, *([preprocessor] if preprocessor else [])}))
+    with_package = ["import modeling_vlp  # registers the modeling_vlp classes with the transformers Auto classes",
+                    f"from transformers import {imports}", "",
+                    f'model = {auto_class}.from_pretrained("{repo_ref}")']  # fmt: skip
+    without = [f"from transformers import {imports}", "",
+               f'model = {auto_class}.from_pretrained("{repo_ref}", trust_remote_code=True)']  # fmt: skip
+    if preprocessor:
+        with_package.append(f'processor = {preprocessor}.from_pretrained("{repo_ref}")')
+        without.append(f'processor = {preprocessor}.from_pretrained("{repo_ref}", trust_remote_code=True)')
+    lines = ["## How to use", "", "With the `modeling_vlp` package installed:", "", "```python",
+             *with_package, "```", "",
+             "Without it, transformers runs the modelling code stored in this repository (the `*.py` files, the "
+             "package's code at the version that saved the model; read them before trusting them):", "",
+             "```python", *without, "```"]  # fmt: skip
+    if config.get("model_type") == "vlp_dual_encoder":
+        lines += ["", "Zero-shot image classification:", "", "```python", "from transformers import pipeline", "",
+                  f'classifier = pipeline("zero-shot-image-classification", model="{repo_ref}")  '
+                  "# after `import modeling_vlp`, or with trust_remote_code=True",
+                  'classifier(image, candidate_labels=["a photo of a cat", "a photo of a dog"])', "```"]  # fmt: skip
+    return lines
+
+
+def _conversion_section(source, base_model, parity, tolerance) -> list[str]:
+    lines = ["## Conversion", ""]
+    if base_model:
+        lines += [f"Base model: [{base_model}](https://huggingface.co/{base_model})", ""]
+    lines += [f"Source: {source or 'not recorded'}", "",
+              "Converted by `modeling_vlp.conversion`: every source weight is loaded strictly (none missing, none left "
+              "over), and the checkpoint is written only when both models agree on a fixed batch of synthetic images "
+              "and captions in fp32."]  # fmt: skip
+    if parity:
+        lines += ["", "Largest absolute difference to the source measured at conversion:", "",
+                  "| output | max abs diff |", "| --- | --- |"]  # fmt: skip
+        lines += [f"| {name} | {float(value):.2e} |" for name, value in parity.items()]
+        if tolerance is not None:
+            lines += ["", f"(tolerance {tolerance:g})"]
+    else:
+        lines += ["", "No parity figures were recorded with this card."]
+    return lines
+
+
+def _training_section(objectives: Sequence[str], training: Mapping) -> list[str]:
+    lines = ["## Training", ""]
+    if objectives:
+        lines += ["Objectives:", "", *[f"- `{name}`: {OBJECTIVES[name]}" for name in objectives], ""]
+    else:
+        lines += ["The training objectives were not recorded.", ""]
+    facts = [("steps", "Optimizer steps"), ("batch_size", "Batch size (all devices)"),
+             ("learning_rate", "Peak learning rate"), ("final_loss", "Last logged training loss")]  # fmt: skip
+    for key, label in facts:
+        if training.get(key) is not None:
+            lines.append(f"- {label}: {_format_number(training[key])}")
+    if training.get("dataset"):
+        description = f": {training['dataset_description']}" if training.get("dataset_description") else ""
+        lines.append(f"- Data: {training['dataset']}{description}")
+    elif training.get("dataset_description"):
+        lines.append(f"- Data: {training['dataset_description']}")
+    else:
+        lines.append("- Data: not recorded.")
+    return lines
+
+
+def _evaluation_section(metrics: Mapping, has_results: bool) -> list[str]:
+    lines = ["## Evaluation", ""]
+    if not metrics:
+        return lines + ["No evaluation results were recorded for this checkpoint."]
+    lines += ["Measured on the held-out split (the model-index above), with the run's bookkeeping and chance "
+              "levels for reference:" if has_results else "Recorded values (no model measurements):",
+              "", "| metric | value |", "| --- | --- |"]  # fmt: skip
+    lines += [f"| {name} | {_format_number(value)} |" for name, value in metrics.items()]
+    return lines
+
+
+def _limits_section(kind, training: Mapping, license: str, limitations) -> list[str]:
+    lines = ["## Limitations", ""]
+    if kind == "converted":
+        lines.append("- Parity with the source was checked on the batch above only, in fp32; other dtypes and "
+                     "inputs far from it differ accordingly. A head the source did not have (the conversion log "
+                     "names them) starts untrained.")  # fmt: skip
+        if license == "unknown":
+            lines.append("- The weights keep the source checkpoint's license, which was not recorded: check it.")
+    elif kind == "trained":
+        steps = training.get("steps")
+        run = f"{_format_number(steps)} steps" if steps is not None else "a short run"
+        lines.append(f"- A small model trained for {run}: its figures come from a held-out split of its own "
+                     "training distribution and say nothing about other data or standard benchmarks.")  # fmt: skip
+    lines.append("- Not evaluated for bias, fairness, safety or robustness.")
+    lines += [f"- {item}" for item in limitations or []]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training runs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: str):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def model_card_for_run(
+    output_dir: str | os.PathLike,
+    *,
+    trainer=None,
+    repo_id: str | None = None,
+    objectives: Sequence[str] | None = None,
+    dataset: str | None = None,
+    dataset_description: str | None = None,
+    datasets: str | Sequence[str] | None = None,
+    base_model: str | None = None,
+    source: str | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The card of what `vlp pretrain` wrote to `output_dir`: config.json, eval_results.json (the metrics) and
+    trainer_state.json (global_step, train_batch_size, the logged losses; `trainer.state` when given, before it
+    is saved). Objectives default to those the logs name (`loss_<objective>`). A folder with neither file gets a
+    card without training facts (converted when `base_model` or `source` is given). `license` defaults to
+    apache-2.0, or "unknown" for a converted checkpoint (its source's license applies)."""
+    output_dir = os.fspath(output_dir)
+    metrics = _read_json(os.path.join(output_dir, EVAL_RESULTS_NAME))
+    state = trainer.state.__dict__ if trainer is not None else _read_json(os.path.join(output_dir, TRAINER_STATE_NAME))
+    if trainer is not None and repo_id is None:
+        repo_id = getattr(trainer, "hub_model_id", None)
+    if state is None and metrics is None:
+        kind = "converted" if base_model or source else None
+        return build_model_card(
+            output_dir, kind=kind, repo_id=repo_id, base_model=base_model, source=source, datasets=datasets,
+            license=license or ("unknown" if kind == "converted" else "apache-2.0"),
+        )  # fmt: skip
+    state = state or {}
+    log_history = state.get("log_history") or []
+    if objectives is None:
+        logged = [key[len("loss_") :] for entry in log_history for key in entry if key.startswith("loss_")]
+        objectives = [name for name in dict.fromkeys(logged) if name in OBJECTIVES]
+    losses = [entry["loss"] for entry in log_history if isinstance(entry.get("loss"), (int, float))]
+    steps = state.get("global_step")
+    if steps is None and metrics is not None:
+        steps = metrics.get("global_step")
+    training = dict(
+        steps=steps,
+        batch_size=state.get("train_batch_size"),
+        dataset=dataset,
+        dataset_description=dataset_description,
+        final_loss=losses[-1] if losses else None,
+    )
+    return build_model_card(
+        output_dir, kind="trained", repo_id=repo_id, base_model=base_model, objectives=objectives, training=training,
+        eval_results=metrics, datasets=datasets, license=license or "apache-2.0",
+    )  # fmt: skip
+
+
+def use_model_card(trainer, model_card: ModelCard | None = None, **card_kwargs):
+    """Make `trainer.push_to_hub()` push our card: the Trainer writes its own README.md in `create_model_card`
+    just before uploading; this replaces that step on this trainer with writing `model_card`, or, by default,
+    `model_card_for_run(output_dir, trainer=trainer, **card_kwargs)` built at push time (so it holds the final
+    state and the eval_results.json written by then). The same step rewrites training_args.bin, which the Trainer
+    pushes too, without `hub_token`. Returns the trainer."""
+
+    def create_model_card(**trainer_card_kwargs) -> None:
+        if not trainer.is_world_process_zero():
+            return
+        output_dir = trainer.args.output_dir
+        card = model_card if model_card is not None else model_card_for_run(output_dir, trainer=trainer, **card_kwargs)
+        card.save(os.path.join(output_dir, README_NAME))
+        _drop_token_from_training_args(trainer.args, output_dir)
+
+    trainer.create_model_card = create_model_card
+    return trainer
+
+
+def _drop_token_from_training_args(training_args, output_dir: str) -> None:
+    # `Trainer.save_model` pickles the TrainingArguments, `hub_token` included, and `push_to_hub` uploads the file.
+    path = os.path.join(output_dir, TRAINING_ARGS_NAME)
+    if getattr(training_args, "hub_token", None) is None or not os.path.isfile(path):
+        return
+    import copy
+
+    import torch
+
+    redacted = copy.copy(training_args)
+    redacted.hub_token = None
+    torch.save(redacted, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return push_command(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,7 @@ from transformers.initialization import no_init_weights
 
 from ..configuration_vlp import VLPFusionConfig, get_preset_config
 from ..modeling_fusion import VLPFusionForPreTraining, VLPFusionForQuestionAnswering, VLPFusionModel
-from . import common
+from . import common, hub
 
 
 ARCHITECTURES = {
@@ -251,8 +251,9 @@ def make_processor(tokenizer):
         return tokenizer
 
 
-def convert(source_dir: str, output_dir: str, tolerance: float = 1e-4, seed: int = 0) -> int:
-    """Load, check parity, save. Returns 0 when saved, 1 when parity failed (nothing written)."""
+def convert(source_dir: str, output_dir: str, tolerance: float = 1e-4, seed: int = 0, args=None) -> int:
+    """Load, check parity, save, and push when `args` (the command line) has --push-to-hub. Returns 0 when saved
+    (and pushed), 1 when parity failed (nothing written) or the push failed."""
     if not os.path.isdir(source_dir):
         raise FileNotFoundError(f"`--source` {source_dir!r} is not a folder.")
     source_config = LxmertConfig.from_pretrained(source_dir)
@@ -278,11 +279,16 @@ def convert(source_dir: str, output_dir: str, tolerance: float = 1e-4, seed: int
     model.save_pretrained(output_dir)
     if tokenizer is None:
         common.logger.info(f"Saved the model to {output_dir} (the source folder has no tokenizer).")
+    else:
+        processor = make_processor(tokenizer)
+        processor.save_pretrained(output_dir)
+        common.logger.info(f"Saved the model and its {type(processor).__name__} to {output_dir}")
+    if args is None:
         return 0
-    processor = make_processor(tokenizer)
-    processor.save_pretrained(output_dir)
-    common.logger.info(f"Saved the model and its {type(processor).__name__} to {output_dir}")
-    return 0
+    return hub.push_after_conversion(
+        args, output_dir, source=f"{architecture} from {source_dir}", parity=diffs, tolerance=tolerance,
+        source_path=source_dir,
+    )  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -292,7 +298,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     common.setup_logging()
-    return convert(args.source, args.output, args.tolerance, args.seed)
+    return convert(args.source, args.output, args.tolerance, args.seed, args=args)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from ..modeling_unified import (
     VLPUnifiedModel,
 )
 from ..processors import VLPImageProcessor, VLPProcessor
-from . import common
+from . import common, hub
 
 
 logger = common.logger
@@ -384,7 +384,8 @@ def check_parity(source_model, model, tokenizer, image_processor, processor, tex
 
 
 def convert(source_dir: str, args) -> int:
-    """Load, check parity, save. Returns the exit status: 0 when saved, 1 when parity failed (nothing saved)."""
+    """Load, check parity, save, push with --push-to-hub. Returns the exit status: 0 when saved (and pushed), 1
+    when parity failed (nothing saved) or the push failed."""
     architecture = read_architecture(source_dir, ARCHITECTURES, "ViltModel")
     source_class, our_class, new_heads = ARCHITECTURES[architecture]
     source_model = source_class.from_pretrained(source_dir, dtype=torch.float32).eval()
@@ -414,7 +415,10 @@ def convert(source_dir: str, args) -> int:
         logger.error("Parity failed: nothing written.")
         return 1
     save(model, processor, tokenizer, args.output)
-    return 0
+    return hub.push_after_conversion(
+        args, args.output, source=f"{architecture} from {source_dir}", parity=report.model_diffs,
+        tolerance=args.tolerance, source_path=source_dir,
+    )  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,7 @@ from transformers import VisualBertForPreTraining, VisualBertForQuestionAnswerin
 
 from ..configuration_vlp import VLPUnifiedConfig, get_preset_config
 from ..modeling_unified import VLPUnifiedForPreTraining, VLPUnifiedForQuestionAnswering, VLPUnifiedModel
-from . import common
+from . import common, hub
 from .convert_vilt import load_strict, read_architecture, save
 
 
@@ -231,7 +231,10 @@ def convert(source_dir: str, args) -> int:
         logger.error("Parity failed: nothing written.")
         return 1
     save(model, None, tokenizer, args.output)
-    return 0
+    return hub.push_after_conversion(
+        args, args.output, source=f"{architecture} from {source_dir}", parity=report.model_diffs,
+        tolerance=args.tolerance, source_path=source_dir,
+    )  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 
     vlp pretrain --family dual --output-dir runs/x [options]   pretrain a model, evaluate it, save it
     vlp finetune --task vqa --model runs/x --output-dir runs/y  fine-tune a pretrained model for VQA
+    vlp push runs/x namespace/name                              push a saved folder to the Hub with a model card
     vlp <command> --help                                        the options of one command
 
 Each command is a function `argv -> exit status` in `COMMANDS`; `evaluate`, `convert` and `push` go next to
@@ -312,7 +313,8 @@ def _pretrain_parser() -> HfArgumentParser:
         prog="vlp pretrain",
         description="Pretrain a vision-language model, evaluate it on the held-out split and save it with its "
         "processor. Also takes every transformers TrainingArguments option. Re-running the command with the same "
-        "--output-dir resumes from the last complete checkpoint there.",
+        "--output-dir resumes from the last complete checkpoint there. --push-to-hub REPO_ID (with --hub-endpoint, "
+        "--private, --revision, --commit-message; see `vlp push --help`) pushes the finished run with a model card.",
     )
     parser.set_defaults(**CPU_TRAINING_DEFAULTS)
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -482,6 +484,44 @@ def _load_saved_processor(path: str):
         return None
 
 
+def split_push_arguments(argv: Sequence[str]):
+    """(push options, the rest of argv): `--push-to-hub REPO_ID` and its companions (see `vlp push --help`) are ours,
+    not TrainingArguments' (whose boolean --push-to-hub would push from `save_model`, before the evaluation exists,
+    and whose --hub-token would be pickled into every checkpoint's training_args.bin)."""
+    import argparse
+
+    from .conversion import hub
+
+    parser = hub.add_push_arguments(argparse.ArgumentParser(add_help=False, allow_abbrev=False))
+    push_args, rest = parser.parse_known_args(list(argv))
+    return (push_args if push_args.push_to_hub else None), rest
+
+
+def push_run(push_args, output_dir: str, objectives: Sequence[str] | None, dataset: str | None,
+             dataset_description: str | None) -> int:  # fmt: skip
+    """Push a finished run with a model card of what it measured; 0 when pushed, 1 when not (the folder stays)."""
+    from .conversion import hub
+
+    card = hub.model_card_for_run(
+        output_dir, repo_id=push_args.push_to_hub, objectives=list(objectives or []) or None, dataset=dataset,
+        dataset_description=dataset_description, base_model=push_args.base_model, license=push_args.license,
+    )  # fmt: skip
+    try:
+        info = hub.push_folder(output_dir, push_args.push_to_hub, model_card=card, **hub.push_kwargs_from_args(push_args))
+    except hub.HubPushError as error:
+        logger.error("Push to %s failed: %s (the run is saved in %s; `vlp push %s %s` retries).",
+                     push_args.push_to_hub, error, output_dir, output_dir, push_args.push_to_hub)  # fmt: skip
+        return 1
+    logger.info("Pushed %s to %s", output_dir, getattr(info, "commit_url", push_args.push_to_hub))
+    return 0
+
+
+SCENES_DESCRIPTION = (
+    "the embedded generated scenes (coloured shapes with several captions per image, made by "
+    "`modeling_vlp.data.make_scenes_dataset`; no download)"
+)
+
+
 def _uses_regions(config) -> bool:
     return getattr(config, "visual_input", "patches") == "regions"
 
@@ -540,7 +580,8 @@ def pretrain(argv: Sequence[str]) -> int:
     from .collators import VLPCollator, VLPPretrainingCollator
     from .trainer import VLPObjectiveArguments, VLPTrainer, resolve_objectives
 
-    args, training_args = _pretrain_parser().parse_args_into_dataclasses(args=list(argv))
+    push_args, argv = split_push_arguments(argv)
+    args, training_args = _pretrain_parser().parse_args_into_dataclasses(args=argv)
     _setup_logging(training_args)
     family = FAMILIES[args.family]
     check_family_options(args, args.family)
@@ -618,7 +659,11 @@ def pretrain(argv: Sequence[str]) -> int:
         logger.info("Evaluating on %d examples.", len(eval_dataset))
         return family.evaluate(model, processor, eval_dataset, training_args.per_device_eval_batch_size)
 
-    return _finish(trainer, model, output_dir, evaluate)
+    status = _finish(trainer, model, output_dir, evaluate)
+    if status == 0 and push_args is not None and trainer.is_world_process_zero():
+        description = SCENES_DESCRIPTION if args.dataset is None else None
+        status = push_run(push_args, output_dir, objective_args.objectives, args.dataset or "scenes", description)
+    return status
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -714,7 +759,8 @@ def finetune(argv: Sequence[str]) -> int:
     from .data import vqa_answer_vocabulary
     from .evaluation import evaluate_vqa
 
-    args, training_args = _finetune_parser().parse_args_into_dataclasses(args=list(argv))
+    push_args, argv = split_push_arguments(argv)
+    args, training_args = _finetune_parser().parse_args_into_dataclasses(args=argv)
     _setup_logging(training_args)
     if (args.model is None) == (args.preset is None):
         raise ValueError("vlp finetune needs exactly one of --model (a pretrained folder) or --preset (from scratch).")
@@ -790,16 +836,27 @@ def finetune(argv: Sequence[str]) -> int:
         metrics.update({key: float(value) for key, value in trainer.evaluate().items()})
         return metrics
 
-    return _finish(trainer, model, output_dir, evaluate)
+    status = _finish(trainer, model, output_dir, evaluate)
+    if status == 0 and push_args is not None and trainer.is_world_process_zero():
+        description = "VQA questions generated about the embedded scenes" if args.dataset is None else None
+        status = push_run(push_args, output_dir, ["vqa"], args.dataset or "scenes-vqa", description)
+    return status
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------------------------
 
+def _push(argv: Sequence[str]) -> int:
+    from .conversion.hub import push_command
+
+    return push_command(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "pretrain": (pretrain, "pretrain a model on image-text pairs, evaluate it and save it"),
     "finetune": (finetune, "fine-tune a pretrained model for a downstream task (vqa), evaluate it and save it"),
+    "push": (_push, "push a saved folder to the Hugging Face Hub with a generated model card"),
 }
 
 

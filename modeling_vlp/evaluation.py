@@ -582,13 +582,15 @@ def image_text_match_scores(
 
 
 def _visual_batch(processor, eval_dataset) -> dict[str, torch.Tensor]:
+    from .data import read_region_column
+
     columns = eval_dataset.column_names
-    if "visual_feats" in columns:
-        return dict(
-            processor(
-                visual_feats=eval_dataset["visual_feats"], visual_pos=eval_dataset["visual_pos"], return_tensors="pt"
-            )
-        )
+    if "visual_feats" in columns or "visual_feats_file" in columns:
+        # Region features, held in the rows or in the .npy files they name.
+        rows = eval_dataset.select_columns([c for c in columns if c.startswith(("visual_feats", "visual_pos"))])
+        feats = [read_region_column(row, "visual_feats") for row in rows]
+        boxes = [read_region_column(row, "visual_pos") for row in rows]
+        return dict(processor(visual_feats=feats, visual_pos=boxes, return_tensors="pt"))
     if "image" not in columns:
         raise ValueError(f"eval_dataset needs an 'image' column or 'visual_feats'/'visual_pos' columns; it has {columns}.")
     return dict(processor(images=list(eval_dataset["image"]), return_tensors="pt"))

@@ -261,3 +261,31 @@ def test_options_of_another_family_are_refused(tmp_path):
               "--output-dir", str(tmp_path / "x")])  # fmt: skip
     with pytest.raises(ValueError, match="exactly one of --model"):
         main(["finetune", "--task", "vqa", "--output-dir", str(tmp_path / "y")])
+
+
+def test_unified_pretraining_on_a_folder_of_npy_region_features(tmp_path):
+    """`--dataset` for a region model: captions in metadata.csv, features and boxes in .npy files."""
+    rng = np.random.default_rng(0)
+    directory = tmp_path / "regions"
+    (directory / "features").mkdir(parents=True)
+    lines = ["caption,visual_feats_file,visual_pos_file"]
+    for index in range(20):
+        count = 3 + index % 4
+        corners = rng.uniform(0.0, 0.5, (count, 2))
+        boxes = np.concatenate([corners, corners + rng.uniform(0.1, 0.5, (count, 2))], axis=1)
+        np.save(directory / "features" / f"{index}_feats.npy", rng.normal(size=(count, 64)).astype(np.float32))
+        np.save(directory / "features" / f"{index}_boxes.npy", boxes.astype(np.float32))
+        colour = ("red", "green", "blue", "white")[index % 4]
+        lines.append(f"a {colour} thing number {index},features/{index}_feats.npy,features/{index}_boxes.npy")
+    (directory / "metadata.csv").write_text("\n".join(lines) + "\n")
+    output_dir = tmp_path / "run"
+    status = main([
+        "pretrain", "--family", "unified", "--preset", "unified-small-regions", "--layers", "1", "--width", "32",
+        "--heads", "2", "--dataset", str(directory), "--num-validation", "4", "--objectives", "itm,mlm,mim",
+        "--per-device-train-batch-size", "4", "--per-device-eval-batch-size", "4", "--max-steps", "2",
+        "--vocab-size", "60", "--save-steps", "2", "--logging-steps", "1", "--output-dir", str(output_dir),
+    ])  # fmt: skip
+    assert status == 0
+    metrics = json.loads((output_dir / "eval_results.json").read_text())
+    assert metrics["num_images"] == 4 and "itm_accuracy" in metrics
+    assert logged_losses(output_dir) == {"loss_itm", "loss_mlm", "loss_mim"}

@@ -1011,6 +1011,7 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
         feat_labels: torch.Tensor | None = None,
         region_class_scores: torch.Tensor | None = None,
         answer_labels: torch.Tensor | None = None,
+        region_labels: torch.Tensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
@@ -1034,8 +1035,16 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
             object target instead of `obj_labels`), *optional*.
         answer_labels (`(batch_size,)` indices or `(batch_size, num_labels)` soft scores, *optional*):
             Needs `config.pretraining_answer_head`.
+        region_labels (`(batch_size, num_regions)`, *optional*): the package's common name of `obj_labels` (what
+            `VLPPretrainingCollator` and the unified family use). As in the unified family, `region_class_scores`
+            take precedence when both are given.
         return_loss (`bool`, *optional*): compute ITC over the local batch (`loss_itc`).
         """
+        if region_labels is not None:
+            if obj_labels is not None:
+                raise ValueError("Pass `obj_labels` or `region_labels` (the same object classes), not both.")
+            if region_class_scores is None:
+                obj_labels = region_labels
         outputs = self.vlp(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             pixel_values=pixel_values, pixel_mask=pixel_mask, visual_feats=visual_feats, visual_pos=visual_pos,

@@ -215,3 +215,35 @@ def test_momentum_state_is_checkpointed_and_restored_on_resume(tmp_path):
     # The teacher is the checkpoint's, not the new model's copy.
     fresh = MomentumDistiller(tiny_model(seed=1), queue_size=8).state_dict()
     assert any(not torch.equal(state[name], fresh[name]) for name in state if name.startswith("teacher."))
+
+
+def test_region_fusion_model_trains_on_collated_region_features():
+    """LXMERT-shaped (tiny) on the scenes' region features through VLPPretrainingCollator: every objective, with
+    the collator's `region_labels` / `region_class_scores` as the object targets."""
+    from modeling_vlp.collators import VLPPretrainingCollator
+    from modeling_vlp.data import make_scenes_dataset
+    from modeling_vlp.processors import VLPProcessor, VLPTokenizer
+
+    small = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    config = get_preset_config(
+        "lxmert-base", text_config=dict(small, vocab_size=120), vision_config=small, num_fusion_layers=1,
+        visual_feat_dim=16, num_object_labels=5, num_attribute_labels=3, region_losses=["obj", "feat"],
+        projection_dim=16, num_labels=4,
+    )  # fmt: skip
+    rows = make_scenes_dataset(8, 2, image_size=32, region_features=16)["train"]
+    tokenizer = VLPTokenizer.train_from_iterator([c for row in rows["captions"] for c in row], vocab_size=100)
+    collator = VLPPretrainingCollator(
+        VLPProcessor(None, tokenizer), mlm_probability=0.15, mim_ratio=0.3, visual_input="regions"
+    )
+    batch = collator([rows[index] for index in range(8)])
+    torch.manual_seed(0)
+    model = VLPFusionForPreTraining(config)
+    args = VLPObjectiveArguments(objectives=["itc", "itm", "mlm", "mim"])
+    total, losses, _ = compute_objective_losses(model, batch, args)
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    total.backward()
+    assert model.region_head.decoders["obj"].weight.grad is not None
+    # Class scores take precedence over class indices; without them the indices are the target.
+    without_scores = {key: value for key, value in batch.items() if key != "region_class_scores"}
+    _, hard, _ = compute_objective_losses(model, without_scores, VLPObjectiveArguments(objectives=["mim"]))
+    assert not torch.allclose(hard["mim"], losses["mim"])

@@ -48,7 +48,7 @@ def build_models(small: bool, attn: str, seed: int):
     """LxmertForPreTraining (random weights) and our converted VLPFusionForPreTraining with the same weights."""
     from transformers import LxmertConfig, LxmertForPreTraining
 
-    from modeling_vlp.conversion import convert_lxmert
+    from modeling_vlp.conversion import common, convert_lxmert
     from modeling_vlp.modeling_fusion import VLPFusionForPreTraining
 
     torch.manual_seed(seed)
@@ -57,8 +57,8 @@ def build_models(small: bool, attn: str, seed: int):
     reference = LxmertForPreTraining(config)
     ours_config = convert_lxmert.convert_config(config, "LxmertForPreTraining")
     ours_config._attn_implementation = attn
-    ours = convert_lxmert.load_converted(
-        VLPFusionForPreTraining, ours_config, convert_lxmert.convert_state_dict(reference.state_dict())
+    ours = common.load_converted(
+        ours_config, convert_lxmert.convert_state_dict(reference.state_dict()), VLPFusionForPreTraining
     )
     return {"ours": ours, "LXMERT": reference}
 
@@ -202,7 +202,7 @@ def all_pairs_scores(model, image_inputs: dict, text_inputs: dict, batch_size: i
 def bench_retrieval(small: bool, attn: str, n: int, k: int, batch_size: int, device, seed: int) -> dict:
     from transformers import LxmertConfig
 
-    from modeling_vlp.conversion import convert_lxmert
+    from modeling_vlp.conversion import common, convert_lxmert
     from modeling_vlp.modeling_fusion import VLPFusionForImageTextRetrieval, rerank_retrieval
 
     source = LxmertConfig(**(SMALL if small else {}))

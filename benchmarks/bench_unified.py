@@ -38,7 +38,7 @@ SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, interme
 def build_vilt(small: bool, attn: str, seed: int):
     from transformers import ViltConfig, ViltForMaskedLM
 
-    from modeling_vlp.conversion import convert_vilt
+    from modeling_vlp.conversion import common, convert_vilt
     from modeling_vlp.modeling_unified import VLPUnifiedForPreTraining
 
     fields = dict(max_image_length=-1)
@@ -50,14 +50,14 @@ def build_vilt(small: bool, attn: str, seed: int):
     config._attn_implementation = attn
     state_dict = convert_vilt.convert_state_dict(reference.state_dict(), "vilt.")
     new = ("itm_head.", "mim_head.", "vlp." + convert_vilt.MASK_TOKEN)
-    ours = convert_vilt.load_strict(VLPUnifiedForPreTraining, config, state_dict, new)
+    ours = common.load_converted(config, state_dict, VLPUnifiedForPreTraining, new)
     return ours, reference
 
 
 def build_visualbert(small: bool, attn: str, seed: int):
     from transformers import VisualBertConfig, VisualBertForPreTraining
 
-    from modeling_vlp.conversion import convert_visualbert
+    from modeling_vlp.conversion import common, convert_visualbert
     from modeling_vlp.modeling_unified import VLPUnifiedForPreTraining
 
     fields = dict(visual_embedding_dim=2048, pad_token_id=0)
@@ -68,7 +68,7 @@ def build_visualbert(small: bool, attn: str, seed: int):
     config = convert_visualbert.convert_config(reference.config)
     config._attn_implementation = attn
     state_dict = convert_visualbert.convert_state_dict(reference.state_dict(), "visual_bert.")
-    ours = convert_visualbert.load_strict(VLPUnifiedForPreTraining, config, state_dict, ("mim_head.",))
+    ours = common.load_converted(config, state_dict, VLPUnifiedForPreTraining, ("mim_head.",))
     return ours, reference
 
 

@@ -193,14 +193,25 @@ def split_fused_qkv(state_dict: dict[str, torch.Tensor], fused: str = "in_proj_"
     return split
 
 
-def load_converted(config: VLPDualEncoderConfig, state_dict: dict[str, torch.Tensor]) -> VLPDualEncoderModel:
-    """Our model with exactly the converted weights: any missing, unexpected or mis-shaped weight is an error."""
+def load_converted(
+    config, state_dict: dict[str, torch.Tensor], model_class: type | None = None, new_prefixes: tuple[str, ...] = ()
+) -> torch.nn.Module:
+    """Our model (`model_class`, default `VLPDualEncoderModel`) with exactly the converted weights. Weights under
+    `new_prefixes` (heads the source does not have) keep a seeded fresh initialisation; any other missing,
+    unexpected or mis-shaped weight is an error."""
     from transformers.initialization import no_init_weights
 
-    with no_init_weights():  # every weight is overwritten below; random initialisation would only cost time
-        model = VLPDualEncoderModel(config).eval()
+    model_class = model_class or VLPDualEncoderModel
+    if new_prefixes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = model_class(config).eval()
+    else:
+        with no_init_weights():  # every weight is overwritten below; random initialisation would only cost time
+            model = model_class(config).eval()
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
+    new = sorted(key for key in set(expected) - set(state_dict) if key.startswith(tuple(new_prefixes)))
+    missing = sorted(set(expected) - set(state_dict) - set(new))
     unexpected = sorted(set(state_dict) - set(expected))
     mismatched = [
         f"{key}: source {tuple(state_dict[key].shape)} vs ours {tuple(expected[key].shape)}"
@@ -213,7 +224,10 @@ def load_converted(config: VLPDualEncoderConfig, state_dict: dict[str, torch.Ten
             f"  missing ({len(missing)}): {missing}\n  unexpected ({len(unexpected)}): {unexpected}\n"
             f"  shape mismatches ({len(mismatched)}): {mismatched}"
         )
-    model.load_state_dict({key: value.to(torch.float32) for key, value in state_dict.items()}, strict=True)
+    if new:
+        logger.info(f"Not in the source, freshly initialised ({len(new)}): {', '.join(new)}")
+    weights = {key: value.to(torch.float32) for key, value in state_dict.items()}
+    model.load_state_dict({**{key: expected[key] for key in new}, **weights}, strict=True)
     return model
 
 

@@ -16,7 +16,6 @@ import sys
 
 import torch
 from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering, LxmertModel
-from transformers.initialization import no_init_weights
 
 from ..configuration_vlp import VLPFusionConfig, get_preset_config
 from ..modeling_fusion import VLPFusionForPreTraining, VLPFusionForQuestionAnswering, VLPFusionModel
@@ -154,28 +153,6 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return common.rename_keys(state_dict, STATE_DICT_RULES)
 
 
-def load_converted(model_class: type, config: VLPFusionConfig, state_dict: dict[str, torch.Tensor]):
-    """Our model with exactly the converted weights: any missing, unexpected or mis-shaped weight is an error."""
-    with no_init_weights():  # every weight is overwritten below
-        model = model_class(config).eval()
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{key}: source {tuple(state_dict[key].shape)} vs ours {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(state_dict))
-        if state_dict[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            "The converted weights do not fit the converted config:\n"
-            f"  missing ({len(missing)}): {missing}\n  unexpected ({len(unexpected)}): {unexpected}\n"
-            f"  shape mismatches ({len(mismatched)}): {mismatched}"
-        )
-    model.load_state_dict({key: value.to(torch.float32) for key, value in state_dict.items()}, strict=True)
-    return model
-
-
 def load_tokenizer(source_dir: str):
     """The folder's tokenizer, or None when it has none (AutoTokenizer would build an empty one from config.json)."""
     if not any(os.path.isfile(os.path.join(source_dir, name)) for name in TOKENIZER_FILES):
@@ -263,7 +240,7 @@ def convert(source_dir: str, output_dir: str, tolerance: float = 1e-4, seed: int
     tokenizer = load_tokenizer(source_dir)
     config = convert_config(source_model.config, architecture, tokenizer)
     common.logger.info(f"Converting {architecture} from {source_dir} into {model_class.__name__}")
-    model = load_converted(model_class, config, convert_state_dict(source_model.state_dict()))
+    model = common.load_converted(config, convert_state_dict(source_model.state_dict()), model_class)
 
     diffs = compare(source_model, model, architecture, parity_inputs(source_model.config, tokenizer, seed))
     ok = max(diffs.values()) <= tolerance

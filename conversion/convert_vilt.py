@@ -70,34 +70,6 @@ def read_architecture(source_dir: str, known: dict, default: str) -> str:
     return architectures[0]
 
 
-def load_strict(model_class: type, config, state_dict: dict[str, torch.Tensor], new_prefixes=()) -> torch.nn.Module:
-    """Our model with exactly the converted weights. Weights under `new_prefixes` (heads the source does not have)
-    keep a seeded fresh initialisation; any other missing, unexpected or mis-shaped weight is an error."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = model_class(config).eval()
-    expected = model.state_dict()
-    new = sorted(key for key in set(expected) - set(state_dict) if key.startswith(tuple(new_prefixes)))
-    missing = sorted(set(expected) - set(state_dict) - set(new))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{key}: source {tuple(state_dict[key].shape)} vs ours {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(state_dict))
-        if state_dict[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            "The converted weights do not fit the converted config:\n"
-            f"  missing ({len(missing)}): {missing}\n  unexpected ({len(unexpected)}): {unexpected}\n"
-            f"  shape mismatches ({len(mismatched)}): {mismatched}"
-        )
-    if new:
-        logger.info(f"Not in the source, freshly initialised ({len(new)}): {', '.join(new)}")
-    weights = {key: value.to(torch.float32) for key, value in state_dict.items()}
-    model.load_state_dict({**{key: expected[key] for key in new}, **weights}, strict=True)
-    return model
-
-
 def save(model, processor, tokenizer, output_dir: str) -> None:
     """Model + processor, or model + tokenizer when there is no processor (region models)."""
     os.makedirs(output_dir, exist_ok=True)
@@ -396,7 +368,7 @@ def convert(source_dir: str, args) -> int:
     logger.info(f"Converting {architecture} from {source_dir} into {our_class.__name__}")
     if new_heads:
         logger.info(f"The source has no {', '.join(h.rstrip('.') for h in new_heads)}: they start untrained.")
-    model = load_strict(our_class, config, state_dict, (*new_heads, mask_token))
+    model = common.load_converted(config, state_dict, our_class, (*new_heads, mask_token))
 
     tokenizer = common._load_tokenizer(source_dir)
     if tokenizer.pad_token_id is not None:

@@ -25,7 +25,7 @@ from transformers import VisualBertForPreTraining, VisualBertForQuestionAnswerin
 from ..configuration_vlp import VLPUnifiedConfig, get_preset_config
 from ..modeling_unified import VLPUnifiedForPreTraining, VLPUnifiedForQuestionAnswering, VLPUnifiedModel
 from . import common, hub
-from .convert_vilt import load_strict, read_architecture, save
+from .convert_vilt import read_architecture, save
 
 
 logger = common.logger
@@ -214,7 +214,7 @@ def convert(source_dir: str, args) -> int:
     logger.info(f"Converting {architecture} from {source_dir} into {our_class.__name__}")
     if new_heads:
         logger.info(f"The source has no {', '.join(h.rstrip('.') for h in new_heads)}: it starts untrained.")
-    model = load_strict(our_class, config, state_dict, new_heads)
+    model = common.load_converted(config, state_dict, our_class, new_heads)
     try:
         tokenizer = common._load_tokenizer(source_dir)
     except (OSError, ValueError) as error:

@@ -472,3 +472,63 @@ def test_evaluate_vqa_with_region_features():
     metrics = evaluate_vqa(_ColourAnswerer(), VLPProcessor(None, tokenizer), dataset, list(_VQA_PALETTE),
                            visual_input="regions", show_progress=False)  # fmt: skip
     assert metrics["vqa_accuracy"] == pytest.approx(100 * 2.6 / 4)
+
+
+# ---- image-text matching models (every pair through the model) ---------------------------------------------------
+
+
+class _MatchingModel(torch.nn.Module):
+    """Scores a pair by whether the caption's image index (its second token) is the image's (its first pixel),
+    with a bias towards image 0 on the wrong pairs so that the ranking, not only the sign, is tested."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.pairs = 0
+
+    def forward(self, pixel_values, input_ids, attention_mask=None, return_dict=True, **kwargs):
+        from transformers.utils import ModelOutput
+
+        image = pixel_values[:, 0, 0, 0].round().long()
+        text_image = input_ids[:, 1]
+        match = torch.where(image == text_image, 5.0, -5.0 + (image == 0).float())
+        self.pairs += len(image)
+        return ModelOutput(itm_logits=torch.stack([torch.zeros_like(match), match], dim=1))
+
+
+class _Processor:
+    class tokenizer:  # noqa: N801  (a stand-in for a tokenizer object)
+        model_max_length = 8
+        mask_token_id = None
+
+        def __call__(self, texts, **kwargs):
+            ids = [[1, int(text.split()[-1]), 2] for text in texts]
+            return {"input_ids": torch.tensor(ids), "attention_mask": torch.ones(len(ids), 3, dtype=torch.long)}
+
+    tokenizer = tokenizer()
+
+    def __call__(self, images=None, return_tensors=None, **kwargs):
+        pixel_values = torch.zeros(len(images), 3, 4, 4)
+        pixel_values[:, 0, 0, 0] = torch.tensor([float(image) for image in images])
+        return {"pixel_values": pixel_values}
+
+
+def test_image_text_matching_scores_every_pair_and_ranks_by_them():
+    import datasets
+
+    from modeling_vlp.evaluation import evaluate_image_text_matching
+
+    # 5 images with two captions each ("image i"); the "image" column carries the index the stub processor encodes.
+    dataset = datasets.Dataset.from_dict({
+        "image": [str(i) for i in range(5)],
+        "caption": [f"image {i}" for i in range(5)],
+        "captions": [[f"image {i}", f"again {i}"] for i in range(5)],
+    })  # fmt: skip
+    model = _MatchingModel()
+    metrics = evaluate_image_text_matching(model, _Processor(), dataset, num_images=4, batch_size=3, show_progress=False)
+    assert model.pairs == 4 * 8  # the first 4 images with their 8 captions, every pair once
+    assert metrics["num_images"] == 4 and metrics["num_texts"] == 8
+    assert metrics["i2t_r@1"] == 100.0 and metrics["t2i_r@1"] == 100.0 and metrics["itm_accuracy"] == 100.0
+    # 2 of 8 captions per image, 1 of 4 images per caption.
+    assert metrics["chance_i2t_r@1"] == pytest.approx(25.0) and metrics["chance_t2i_r@1"] == pytest.approx(25.0)
+    assert "mlm_accuracy" not in metrics  # no MLM head, no mask token

@@ -584,6 +584,10 @@ def pretrain(argv: Sequence[str]) -> int:
     args, training_args = _pretrain_parser().parse_args_into_dataclasses(args=argv)
     _setup_logging(training_args)
     family = FAMILIES[args.family]
+    if args.family != "dual" and not any(item.startswith("--ddp-find-unused-parameters") for item in argv):
+        # Heads of objectives not trained (the MIM head and mask token without mim, ...) get no gradient, which DDP
+        # refuses unless told to look for unused parameters.
+        training_args.ddp_find_unused_parameters = True
     check_family_options(args, args.family)
     preset = args.preset or family.default_preset
     objective_args = VLPObjectiveArguments(

@@ -289,3 +289,24 @@ def test_unified_pretraining_on_a_folder_of_npy_region_features(tmp_path):
     metrics = json.loads((output_dir / "eval_results.json").read_text())
     assert metrics["num_images"] == 4 and "itm_accuracy" in metrics
     assert logged_losses(output_dir) == {"loss_itm", "loss_mlm", "loss_mim"}
+
+
+def test_fusion_pretraining_under_torchrun_with_unused_heads(tmp_path):
+    """2 DDP processes train a fusion model whose MIM head and mask token get no gradient (no mim objective):
+    the command asks DDP to find unused parameters for the families with heads, and the momentum state is saved."""
+    output_dir = tmp_path / "run"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [
+        "pretrain", "--family", "fusion", "--preset", "fusion-tiny", *FAMILY_RUN, "--momentum-distill",
+        "--queue-size", "32", "--output-dir", str(output_dir),
+    ]  # fmt: skip
+    launcher = [
+        "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(port), "-m", "modeling_vlp.cli",
+    ]  # fmt: skip
+    result = run_vlp(args, tmp_path, command=[sys.executable, *launcher], threads=1)
+    assert len([line for line in result.stdout.splitlines() if line.startswith("{\"")]) == 1
+    assert logged_losses(output_dir) == {"loss_itc", "loss_itm", "loss_mlm"}
+    assert (output_dir / "checkpoint-4" / "momentum_state.safetensors").is_file()

@@ -880,7 +880,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"vlp: unknown command {command!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
-    return COMMANDS[command][0](rest)
+    try:
+        return COMMANDS[command][0](rest)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Under torchrun, wait for every rank (rank 0 evaluates while the others are done) and close the process group
+    before the interpreter exits: a gloo group torn down at exit can abort the process ("terminate called without
+    an active exception"), failing the whole launch after a successful run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

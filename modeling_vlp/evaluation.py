@@ -61,7 +61,9 @@ def _recall(ranks: torch.Tensor, k: int) -> float:
     return float((ranks <= k).double().mean() * 100)
 
 
-def retrieval_metrics(similarity, text_to_image, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def retrieval_metrics(
+    similarity, text_to_image, ks: Sequence[int] = (1, 5, 10), text_to_image_scores=None
+) -> dict[str, float]:
     """Image->text and text->image recall@k (%) and mean ranks from a similarity matrix.
 
     Args:
@@ -69,6 +71,9 @@ def retrieval_metrics(similarity, text_to_image, ks: Sequence[int] = (1, 5, 10))
         text_to_image: `(num_texts,)` index of the image each text describes; an image may have
             several texts, and every image needs at least one.
         ks: the k of recall@k.
+        text_to_image_scores: `(num_texts, num_images)` scores that rank the images of each text, when they differ
+            from `similarity.T` (a re-ranking that rescores each direction's own shortlist); text->image metrics
+            then come from them.
 
     Returns:
         `i2t_r@k`: % of images with at least one of their texts in the top k texts.
@@ -94,9 +99,18 @@ def retrieval_metrics(similarity, text_to_image, ks: Sequence[int] = (1, 5, 10))
             f"every image needs at least one text in text_to_image; images without one include {missing}"
         )
 
+    t2i_scores = scores.T
+    if text_to_image_scores is not None:
+        t2i_scores = _as_float_tensor("text_to_image_scores", text_to_image_scores)
+        if t2i_scores.shape != (num_texts, num_images):
+            raise ValueError(
+                f"text_to_image_scores must have shape (num_texts, num_images) = ({num_texts}, {num_images}), got "
+                f"{tuple(t2i_scores.shape)}"
+            )
+
     image_text_match = targets.unsqueeze(0) == torch.arange(num_images).unsqueeze(1)  # (I, T)
     i2t_ranks = _ranks(scores, image_text_match)
-    t2i_ranks = _ranks(scores.T, image_text_match.T)
+    t2i_ranks = _ranks(t2i_scores, image_text_match.T)
 
     metrics = {}
     for k in ks:
@@ -696,7 +710,8 @@ def evaluate_fusion_retrieval(
             model, image_inputs, text_inputs, k=k, batch_size=batch_size,
             image_ids=torch.as_tensor(text_to_image), show_progress=show_progress,
         )  # fmt: skip
-    metrics = retrieval_metrics(result.scores_i2t, text_to_image, ks)
+    # Each direction re-scores its own shortlist: text->image ranks come from `scores_t2i`, not `scores_i2t.T`.
+    metrics = retrieval_metrics(result.scores_i2t, text_to_image, ks, text_to_image_scores=result.scores_t2i)
     itc = retrieval_metrics(result.similarity, text_to_image, ks)
     metrics.update({f"itc_{name}": value for name, value in itc.items()})
     metrics.update(retrieval_chance_levels(text_to_image, len(eval_dataset), ks))

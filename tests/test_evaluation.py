@@ -532,3 +532,15 @@ def test_image_text_matching_scores_every_pair_and_ranks_by_them():
     # 2 of 8 captions per image, 1 of 4 images per caption.
     assert metrics["chance_i2t_r@1"] == pytest.approx(25.0) and metrics["chance_t2i_r@1"] == pytest.approx(25.0)
     assert "mlm_accuracy" not in metrics  # no MLM head, no mask token
+
+
+def test_retrieval_metrics_can_rank_each_direction_with_its_own_scores():
+    from modeling_vlp.evaluation import retrieval_metrics
+
+    similarity = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # both directions right ...
+    wrong_t2i = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # ... unless the text side is re-scored wrongly
+    metrics = retrieval_metrics(similarity, [0, 1], ks=(1,), text_to_image_scores=wrong_t2i)
+    assert metrics["i2t_r@1"] == 100.0 and metrics["t2i_r@1"] == 0.0
+    assert metrics["rsum"] == 100.0
+    with pytest.raises(ValueError, match="text_to_image_scores must have shape"):
+        retrieval_metrics(similarity, [0, 1], text_to_image_scores=torch.zeros(3, 2))

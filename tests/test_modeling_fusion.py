@@ -597,6 +597,13 @@ def test_rerank_equals_brute_force_itm_on_the_top_k(variant):
     # Rank quality fields: the conventions of evaluation.retrieval_metrics.
     reranked = retrieval_metrics(ranking.scores_i2t, image_ids)
     reranked_t2i = retrieval_metrics(ranking.scores_t2i.t(), image_ids)
+    both = retrieval_metrics(ranking.scores_i2t, image_ids, text_to_image_scores=ranking.scores_t2i)
+    assert {k: v for k, v in both.items() if k.startswith("i2t_")} == {
+        k: v for k, v in reranked.items() if k.startswith("i2t_")
+    }
+    assert {k: v for k, v in both.items() if k.startswith("t2i_")} == {
+        k: v for k, v in reranked_t2i.items() if k.startswith("t2i_")
+    }
     itc = retrieval_metrics(similarity, image_ids)
     for cutoff in (1, 5, 10):
         assert ranking.metrics[f"i2t_r@{cutoff}"] == pytest.approx(reranked[f"i2t_r@{cutoff}"])

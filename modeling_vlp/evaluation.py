@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import ZERO_SHOT_TEMPLATES
+from .objectives import itm_log_odds
 
 
 _RANK_CHUNK = 1024  # rows of the similarity matrix compared at once, to bound memory
@@ -556,7 +557,7 @@ def _match_scores(outputs) -> torch.Tensor:
     """Log-odds of a match from an ITM head's two logits, or a retrieval model's single score."""
     itm_logits = outputs.get("itm_logits") if hasattr(outputs, "get") else None
     if itm_logits is not None:
-        return (itm_logits[:, 1] - itm_logits[:, 0]).float()
+        return itm_log_odds(itm_logits).float()
     return outputs.logits.reshape(-1).float()
 
 

@@ -33,7 +33,14 @@ from .modeling_layers import (
     masked_mean,
     self_attention_mask,
 )
-from .objectives import contrastive_logits, contrastive_loss, masked_lm_loss, masked_mean_of, normalized_patch_targets
+from .objectives import (
+    contrastive_logits,
+    contrastive_loss,
+    itm_log_odds,
+    masked_lm_loss,
+    masked_mean_of,
+    normalized_patch_targets,
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -479,11 +486,6 @@ def patch_regression_loss(
 
 def _return(model, output: ModelOutput, return_dict: bool | None):
     return output if (return_dict if return_dict is not None else model.config.return_dict) else output.to_tuple()
-
-
-def itm_log_odds(itm_logits: torch.Tensor) -> torch.Tensor:
-    """(B, 2) ITM logits [no match, match] -> (B,) log-odds of a match."""
-    return itm_logits[:, 1] - itm_logits[:, 0]
 
 
 class VLPFusionPreTrainedModel(VLPPreTrainedModel):

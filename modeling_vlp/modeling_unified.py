@@ -26,7 +26,7 @@ from .modeling_layers import (
     VLPTextEmbeddings,
     self_attention_mask,
 )
-from .objectives import masked_lm_loss, masked_mean_of, normalized_patch_targets
+from .objectives import itm_log_odds, masked_lm_loss, masked_mean_of, normalized_patch_targets
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -960,7 +960,7 @@ class VLPUnifiedForImageTextRetrieval(VLPUnifiedPreTrainedModel):
         loss = None if labels is None else F.cross_entropy(itm_logits.float(), labels.long())
         output = VLPUnifiedImageTextRetrievalOutput(
             loss=loss,
-            logits=itm_logits[:, 1] - itm_logits[:, 0],
+            logits=itm_log_odds(itm_logits),
             itm_logits=itm_logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

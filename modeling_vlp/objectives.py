@@ -201,3 +201,8 @@ def normalized_patch_targets(pixel_values: torch.Tensor, patch_size: int, eps: f
     mean = patches.mean(dim=-1, keepdim=True)
     var = patches.var(dim=-1, keepdim=True)
     return (patches - mean) / (var + eps) ** 0.5
+
+
+def itm_log_odds(itm_logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2) ITM logits [no match, match] -> (B,) log-odds of a match: the score that ranks pairs."""
+    return itm_logits[:, 1] - itm_logits[:, 0]

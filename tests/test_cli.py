@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,16 +128,13 @@ def test_pretrain_on_an_imagefolder(tmp_path):
 
 
 @pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
-def test_pretrain_under_torchrun_trains_one_global_batch(tmp_path):
+def test_pretrain_under_torchrun_trains_one_global_batch(tmp_path, free_port):
     """2 CPU processes share the work: 64 rows / (2 x 8) = 4 steps per epoch, not 8 for independent processes."""
     output_dir = tmp_path / "run"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     args = [*TINY_RUN, "--output-dir", str(output_dir), "--max-steps", "4", "--per-device-train-batch-size", "8"]
     launcher = [
         "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(port), "-m", "modeling_vlp.cli",
+        "--master_port", str(free_port), "-m", "modeling_vlp.cli",
     ]  # fmt: skip
     result = run_vlp(args, tmp_path, command=[sys.executable, *launcher], threads=1)
     json_lines = [line for line in result.stdout.splitlines() if line.startswith("{\"")]
@@ -291,20 +287,17 @@ def test_unified_pretraining_on_a_folder_of_npy_region_features(tmp_path):
     assert logged_losses(output_dir) == {"loss_itm", "loss_mlm", "loss_mim"}
 
 
-def test_fusion_pretraining_under_torchrun_with_unused_heads(tmp_path):
+def test_fusion_pretraining_under_torchrun_with_unused_heads(tmp_path, free_port):
     """2 DDP processes train a fusion model whose MIM head and mask token get no gradient (no mim objective):
     the command asks DDP to find unused parameters for the families with heads, and the momentum state is saved."""
     output_dir = tmp_path / "run"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     args = [
         "pretrain", "--family", "fusion", "--preset", "fusion-tiny", *FAMILY_RUN, "--momentum-distill",
         "--queue-size", "32", "--output-dir", str(output_dir),
     ]  # fmt: skip
     launcher = [
         "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(port), "-m", "modeling_vlp.cli",
+        "--master_port", str(free_port), "-m", "modeling_vlp.cli",
     ]  # fmt: skip
     result = run_vlp(args, tmp_path, command=[sys.executable, *launcher], threads=1)
     assert len([line for line in result.stdout.splitlines() if line.startswith("{\"")]) == 1

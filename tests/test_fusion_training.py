@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,18 +95,12 @@ def test_itm_objective_needs_the_unimodal_states():
         fusion_itm_objective(model, outputs, {}, args)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_distributed_hard_negatives_come_from_the_other_rank(tmp_path):
+def test_distributed_hard_negatives_come_from_the_other_rank(tmp_path, free_port):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port),
             str(REPO_ROOT / "tests" / "dist_fusion_itm.py"), str(tmp_path),
         ],
         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,

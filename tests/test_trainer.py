@@ -1,7 +1,6 @@
 """VLPTrainer, VLPCollator and the gathered contrastive objectives, on tiny seeded models and synthetic data."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -225,20 +224,14 @@ def test_sigmoid_loss_type_is_used(processor, tmp_path):
 # ---- distributed: gathered features give the global-batch gradient ----------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_distributed_itc_gradients_match_the_global_batch(tmp_path):
+def test_distributed_itc_gradients_match_the_global_batch(tmp_path, free_port):
     """2 gloo processes with batch B each, DDP-averaged gradients == one process with the 2B batch."""
     script = str(REPO_ROOT / "tests" / "dist_itc_grad.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     distributed = subprocess.Popen(
         [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port),
             script, str(tmp_path / "dist.safetensors"),
         ],
         env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -112,6 +112,7 @@ def _unified_overrides(args: "PretrainArguments", base, tokenizer) -> dict:
 class Family:
     """What `vlp pretrain` / `vlp finetune` need to know about a model family."""
 
+    model_type: str  # `config.model_type` of the family's checkpoints
     default_preset: str
     default_objectives: tuple[str, ...]
     model_class: Callable[[], type]  # the pretraining class (imported on use)
@@ -135,6 +136,7 @@ def _lazy_class(module: str, name: str) -> Callable[[], type]:
 
 FAMILIES: dict[str, Family] = {
     "dual": Family(
+        model_type="vlp_dual_encoder",
         default_preset="dual-small",
         default_objectives=("itc",),
         model_class=lambda: VLPDualEncoderModel,
@@ -148,6 +150,7 @@ FAMILIES: dict[str, Family] = {
         ),
     ),  # fmt: skip
     "unified": Family(
+        model_type="vlp_unified",
         default_preset="unified-small",
         default_objectives=("itm", "mlm"),
         model_class=_lazy_class("modeling_unified", "VLPUnifiedForPreTraining"),
@@ -162,6 +165,7 @@ FAMILIES: dict[str, Family] = {
         ),
     ),  # fmt: skip
     "fusion": Family(
+        model_type="vlp_fusion",
         default_preset="fusion-small",
         default_objectives=("itc", "itm", "mlm"),
         model_class=_lazy_class("modeling_fusion", "VLPFusionForPreTraining"),
@@ -775,9 +779,8 @@ def finetune(argv: Sequence[str]) -> int:
     if args.model is not None:
         base_config = AutoConfig.from_pretrained(args.model)
         family_name = next(
-            (name for name, family in FAMILIES.items() if family.default_preset
-             and get_preset_config(family.default_preset).model_type == base_config.model_type), None,
-        )  # fmt: skip
+            (name for name, family in FAMILIES.items() if family.model_type == base_config.model_type), None
+        )
     else:
         base_config = get_preset_config(args.preset)
         family_name = args.family

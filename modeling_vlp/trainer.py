@@ -138,10 +138,7 @@ def prepare_itm_pairs(model: nn.Module, inputs: dict[str, Any], args: VLPObjecti
     batch_size, device = input_ids.shape[0], input_ids.device
     pad_values = dict(_TEXT_PAD_VALUES, input_ids=getattr(model.config, "pad_token_id", None) or 0)
     keys = [key for key in pad_values if isinstance(inputs.get(key), torch.Tensor)]
-    image_ids = inputs.get("image_id")
-    if image_ids is None:
-        image_ids = torch.arange(batch_size, device=device) + get_rank() * batch_size
-    image_ids = image_ids.to(device)
+    image_ids = _image_ids(inputs, batch_size, device)
     if args.gather and get_world_size() > 1:
         candidates = {key: all_gather_padded(inputs[key], pad_values[key]) for key in keys}
         candidate_image_ids = all_gather_features(image_ids, gather_with_grad=False)
@@ -202,7 +199,6 @@ def fusion_itm_objective(
         text_length = int(all_gather_padded(torch.tensor([[text_states.shape[1]]], device=device), 0).max())
         text_states = nn.functional.pad(text_states, (0, 0, 0, text_length - text_states.shape[1]))
         text_mask = nn.functional.pad(text_mask, (0, text_length - text_mask.shape[1]))
-        local_text_states, local_text_mask = text_states, text_mask
         all_text_states = all_gather_features(text_states, args.gather_with_grad)
         all_text_mask = all_gather_features(text_mask, gather_with_grad=False)
         all_image_states = all_gather_features(image_states, args.gather_with_grad)
@@ -211,7 +207,6 @@ def fusion_itm_objective(
         all_image_embeds = all_gather_features(outputs.image_embeds.detach(), gather_with_grad=False)
         all_text_embeds = all_gather_features(outputs.text_embeds.detach(), gather_with_grad=False)
     else:
-        local_text_states, local_text_mask = text_states, text_mask
         all_text_states, all_text_mask, all_image_states, all_image_mask = text_states, text_mask, image_states, image_mask
         all_image_ids = image_ids
         all_image_embeds, all_text_embeds = outputs.image_embeds.detach(), outputs.text_embeds.detach()
@@ -223,8 +218,8 @@ def fusion_itm_objective(
         negative_images, has_image = sample_hard_negatives(
             scale * outputs.text_embeds.detach() @ all_image_embeds.t(), image_ids, all_image_ids
         )
-    pair_text = [local_text_states, all_text_states[negative_texts[has_text]], local_text_states[has_image]]
-    pair_text_mask = [local_text_mask, all_text_mask[negative_texts[has_text]], local_text_mask[has_image]]
+    pair_text = [text_states, all_text_states[negative_texts[has_text]], text_states[has_image]]
+    pair_text_mask = [text_mask, all_text_mask[negative_texts[has_text]], text_mask[has_image]]
     pair_image = [image_states, image_states[has_text], all_image_states[negative_images[has_image]]]
     pair_image_mask = [image_mask, image_mask[has_text], all_image_mask[negative_images[has_image]]]
     base_model = model.base_model

@@ -303,3 +303,11 @@ def test_fusion_pretraining_under_torchrun_with_unused_heads(tmp_path, free_port
     assert len([line for line in result.stdout.splitlines() if line.startswith("{\"")]) == 1
     assert logged_losses(output_dir) == {"loss_itc", "loss_itm", "loss_mlm"}
     assert (output_dir / "checkpoint-4" / "momentum_state.safetensors").is_file()
+
+
+def test_each_family_names_the_model_type_of_its_presets():
+    from modeling_vlp import get_preset_config
+    from modeling_vlp.cli import FAMILIES
+
+    for name, family in FAMILIES.items():
+        assert get_preset_config(family.default_preset).model_type == family.model_type, name

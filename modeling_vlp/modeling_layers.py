@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -43,7 +44,14 @@ def eager_attention_forward(
 
 class VLPAttention(nn.Module):
     """Multi-head attention; self-attention, or cross-attention when `kv_hidden_size` is given (keys and values
-    then come from `encoder_hidden_states` of that width)."""
+    then come from `encoder_hidden_states` of that width).
+
+    With a `layer_idx`, a decoder's attention reads and extends a transformers `Cache` (`past_key_values`): self-
+    attention appends this step's keys and values to its layer of the cache (of `EncoderDecoderCache
+    .self_attention_cache`, or of a plain cache), cross-attention computes the keys and values of
+    `encoder_hidden_states` once and reuses them from `EncoderDecoderCache.cross_attention_cache` afterwards (with a
+    plain cache it recomputes them every step). Without a cache it behaves as without `layer_idx`.
+    """
 
     def __init__(
         self,
@@ -53,9 +61,11 @@ class VLPAttention(nn.Module):
         kv_hidden_size: int | None = None,
         is_causal: bool = False,
         qkv_bias: bool | None = None,
+        layer_idx: int | None = None,
     ):
         super().__init__()
         self.config = config
+        self.layer_idx = layer_idx
         self.embed_dim = hidden_size or config.hidden_size
         self.num_heads = num_heads or config.num_attention_heads
         self.head_dim = self.embed_dim // self.num_heads
@@ -75,13 +85,29 @@ class VLPAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        kv_states = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        is_cross_attention = encoder_hidden_states is not None
+        kv_states = encoder_hidden_states if is_cross_attention else hidden_states
         batch_size, q_len = hidden_states.shape[:2]
         query = self.q_proj(hidden_states).view(batch_size, q_len, -1, self.head_dim).transpose(1, 2)
-        key = self.k_proj(kv_states).view(batch_size, kv_states.shape[1], -1, self.head_dim).transpose(1, 2)
-        value = self.v_proj(kv_states).view(batch_size, kv_states.shape[1], -1, self.head_dim).transpose(1, 2)
+
+        cache = None
+        if past_key_values is not None and self.layer_idx is not None:
+            if isinstance(past_key_values, EncoderDecoderCache):
+                cache = past_key_values.cross_attention_cache if is_cross_attention else past_key_values.self_attention_cache
+            elif not is_cross_attention:
+                cache = past_key_values
+        if is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            key = self.k_proj(kv_states).view(batch_size, kv_states.shape[1], -1, self.head_dim).transpose(1, 2)
+            value = self.v_proj(kv_states).view(batch_size, kv_states.shape[1], -1, self.head_dim).transpose(1, 2)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if is_cross_attention:
+                    past_key_values.is_updated[self.layer_idx] = True
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -94,7 +120,7 @@ class VLPAttention(nn.Module):
             attention_mask,
             scaling=self.scaling,
             dropout=self.dropout if self.training else 0.0,
-            is_causal=self.is_causal and encoder_hidden_states is None,
+            is_causal=self.is_causal and not is_cross_attention,
             **kwargs,
         )
         attn_output = self.out_proj(attn_output.reshape(batch_size, q_len, -1).contiguous())
@@ -120,6 +146,7 @@ class VLPTransformerLayer(GradientCheckpointingLayer):
 
     `cross_attention_first` puts the cross-attention block before self-attention (LXMERT's cross-modality layer);
     `pre_norm` overrides `config.pre_norm` (fusion layers placed on a pre-norm tower may be post-norm, METER).
+    `layer_idx` is the layer's index in a decoder's KV cache (`past_key_values`, passed through `forward`'s kwargs).
     """
 
     def __init__(
@@ -129,16 +156,17 @@ class VLPTransformerLayer(GradientCheckpointingLayer):
         cross_attention_hidden_size: int | None = None,
         cross_attention_first: bool = False,
         pre_norm: bool | None = None,
+        layer_idx: int | None = None,
     ):
         super().__init__()
         hidden_size = config.hidden_size
         self.pre_norm = config.pre_norm if pre_norm is None else pre_norm
         self.cross_attention_first = cross_attention_first
-        self.self_attn = VLPAttention(config, is_causal=is_causal)
+        self.self_attn = VLPAttention(config, is_causal=is_causal, layer_idx=layer_idx)
         self.layer_norm1 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.cross_attn = None
         if cross_attention_hidden_size is not None:
-            self.cross_attn = VLPAttention(config, kv_hidden_size=cross_attention_hidden_size)
+            self.cross_attn = VLPAttention(config, kv_hidden_size=cross_attention_hidden_size, layer_idx=layer_idx)
             self.layer_norm_cross = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = VLPMLP(hidden_size, config.intermediate_size, config.hidden_act)
         self.layer_norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
@@ -253,6 +281,36 @@ def self_attention_mask(
         mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
         return mask[None, None]
     return None
+
+
+def decoder_attention_mask(
+    config, attention_mask: torch.Tensor | None, query_length: int, past_length: int, dtype: torch.dtype, device
+) -> torch.Tensor | None:
+    """The causal self-attention mask of a decoder step with `past_length` cached tokens: (B or 1, 1, Q, past + Q)
+    additive, or None when the kernel's own causal flag is enough. Query i sits at position `past_length + i` and sees
+    every cached key and the keys up to itself. `attention_mask` (B, past + Q) covers the cached tokens too."""
+    key_length = past_length + query_length
+    if attention_mask is not None:
+        if attention_mask.ndim != 2 or attention_mask.shape[1] != key_length:
+            raise ValueError(
+                f"`attention_mask` must have shape (batch_size, {key_length}) (the {past_length} cached tokens and the "
+                f"{query_length} new ones), got {tuple(attention_mask.shape)}."
+            )
+        if bool(attention_mask.all()):
+            attention_mask = None
+    if attention_mask is None:
+        if query_length == 1:
+            return None
+        if past_length == 0:
+            return self_attention_mask(config, None, query_length, dtype, device, is_causal=True)
+    positions = torch.arange(key_length, device=device)
+    allowed = (positions[None, :] <= positions[past_length:, None])[None, None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.to(device).bool()[:, None, None, :]
+        # A padded query row that sees no key keeps its own position so that softmax stays finite.
+        nowhere = ~allowed.any(dim=-1, keepdim=True)
+        allowed = allowed | (nowhere & (positions[None, :] == positions[past_length:, None]))
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 class VLPPatchEmbeddings(nn.Module):

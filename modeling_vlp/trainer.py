@@ -285,6 +285,31 @@ def fusion_mlm_objective(
 _mlm_loss = model_loss("mlm", "`mlm_labels` (VLPPretrainingCollator with mlm_probability > 0)")
 
 
+def prepare_lm_labels(model: nn.Module, inputs: dict[str, Any], args: VLPObjectiveArguments) -> dict[str, Any]:
+    """Captioning: the labels are the caption tokens themselves (the model shifts them), padding set to -100. A batch
+    that brings its own `labels` keeps them."""
+    if "labels" in inputs:
+        return inputs
+    if "input_ids" not in inputs:
+        raise ValueError("Objective 'lm' needs `input_ids` (the captions) in the batch.")
+    labels = inputs["input_ids"]
+    if isinstance(inputs.get("attention_mask"), torch.Tensor):
+        labels = labels.masked_fill(inputs["attention_mask"] == 0, -100)
+    return {**inputs, "labels": labels}
+
+
+def captioning_itc_objective(
+    model: nn.Module, outputs: ModelOutput, inputs: dict[str, Any], args: VLPObjectiveArguments
+) -> torch.Tensor:
+    """CoCa's contrastive loss over the global batch; only for captioning models with a contrastive head."""
+    if getattr(model.config, "projection_dim", None) is None or outputs.get("image_embeds") is None:
+        raise ValueError(
+            f"Objective 'itc' needs a contrastive head, but {type(model).__name__} has `projection_dim=None`; "
+            "train it with 'lm' only or use a config with `projection_dim` (e.g. the coca-small preset)."
+        )
+    return itc_objective(model, outputs, inputs, args)
+
+
 OBJECTIVES: dict[str, dict[str, Objective]] = {
     "vlp_dual_encoder": {"itc": Objective(itc_objective)},
     "vlp_unified": {
@@ -297,6 +322,10 @@ OBJECTIVES: dict[str, dict[str, Objective]] = {
         "itm": Objective(fusion_itm_objective),
         "mlm": Objective(fusion_mlm_objective),
         "mim": Objective(model_loss("mim", "`mim_mask` (VLPPretrainingCollator with mim_ratio > 0)")),
+    },
+    "vlp_captioning": {
+        "itc": Objective(captioning_itc_objective),
+        "lm": Objective(model_loss("lm", "`labels` or `input_ids`"), prepare=prepare_lm_labels),
     },
 }
 
@@ -489,5 +518,6 @@ __all__ = [
     "compute_objective_losses",
     "itc_objective",
     "prepare_itm_pairs",
+    "prepare_lm_labels",
     "resolve_objectives",
 ]

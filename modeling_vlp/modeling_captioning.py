@@ -1,0 +1,531 @@
+"""The captioning family: an image encoder and a causal text decoder cross-attending to the image tokens (BLIP's
+captioner, CoCa), trained with next-token prediction and generating with transformers' `GenerationMixin` and a KV
+cache (self-attention keys/values grow each step, the image's cross-attention keys/values are computed once)."""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationMixin
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.utils import ModelOutput
+
+from .configuration_vlp import VLPCaptioningConfig
+from .modeling_dual_encoder import VLPVisionModel, check_input_ids, check_pixel_values
+from .modeling_layers import (
+    VLPPredictionHeadTransform,
+    VLPPreTrainedModel,
+    VLPTextEmbeddings,
+    VLPTransformerLayer,
+    decoder_attention_mask,
+    pool_text,
+)
+from .objectives import contrastive_loss
+
+
+@dataclass
+class VLPCaptioningModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`):
+        The decoder's output states of the tokens given (after its final LayerNorm, if any).
+    past_key_values (`EncoderDecoderCache`, *optional*, returned when `use_cache=True`):
+        The decoder's self-attention keys/values of every token so far and its cross-attention keys/values of the
+        image tokens; pass it back with the next tokens only.
+    image_hidden_states (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_hidden_size)`):
+        The image tokens the decoder attends to (the vision tower's last hidden state).
+    text_unimodal_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`, *optional*):
+        The output of the text-only layers (models with `num_unimodal_layers > 0`).
+    image_embeds / text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
+        L2-normalised contrastive embeddings (models with `projection_dim`, when no tokens are cached).
+    logit_scale (`torch.FloatTensor` of shape `()`, *optional*):
+        The temperature `exp(logit_scale)` of the contrastive head.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        The decoder's embeddings output and each layer's output.
+    attentions / cross_attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Each decoder layer's self-attention weights `(batch_size, heads, query_length, key_length)` and
+        cross-attention weights (None for layers without cross-attention); eager attention only.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    image_hidden_states: torch.Tensor | None = None
+    text_unimodal_state: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor | None, ...] | None = None
+
+
+@dataclass
+class VLPCaptioningOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        `loss_weights`-weighted sum of `loss_lm` and `loss_itc` (those computed).
+    loss_lm (`torch.FloatTensor` of shape `()`, *optional*, returned with `labels`):
+        Next-token cross-entropy (with the config's label smoothing) over the label positions that are not ignored.
+    loss_itc (`torch.FloatTensor` of shape `()`, *optional*, returned with `return_loss=True` and a contrastive head):
+        Contrastive loss of the local batch (`VLPTrainer` gathers the global one).
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+        Next-token scores at every position given (only the last `logits_to_keep` ones when it is set).
+    past_key_values, image_hidden_states, image_embeds, text_embeds, logit_scale, hidden_states, attentions,
+    cross_attentions: as in `VLPCaptioningModelOutput`.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_lm: torch.Tensor | None = None
+    loss_itc: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    image_hidden_states: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor | None, ...] | None = None
+
+
+class VLPCaptioningHead(nn.Module):
+    """Decoder states -> next-token scores: BERT's prediction head (transform, then a vocabulary decoder with a bias;
+    BLIP) or the vocabulary decoder alone, without bias. `decoder.weight` is tied to the word embeddings."""
+
+    def __init__(self, config: VLPCaptioningConfig):
+        super().__init__()
+        text = config.text_config
+        self.transform = (
+            VLPPredictionHeadTransform(text.hidden_size, text.hidden_act, text.layer_norm_eps)
+            if config.lm_head_transform
+            else None
+        )
+        self.decoder = nn.Linear(text.hidden_size, text.vocab_size, bias=config.lm_head_transform)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            hidden_states = self.transform(hidden_states)
+        return self.decoder(hidden_states)
+
+
+class VLPCaptioningDecoder(nn.Module):
+    """Token + position embeddings, causal layers (text-only, then with cross-attention to the image) and an
+    optional final LayerNorm. Every layer has its `layer_idx` in the KV cache."""
+
+    def __init__(self, config: VLPCaptioningConfig):
+        super().__init__()
+        text = config.text_config
+        self.config = text
+        self.num_unimodal_layers = config.num_unimodal_layers
+        self.embeddings = VLPTextEmbeddings(text)
+        self.layers = nn.ModuleList(
+            [
+                VLPTransformerLayer(
+                    text,
+                    is_causal=True,
+                    cross_attention_hidden_size=config.vision_config.hidden_size if config.has_cross_attention(i) else None,
+                    layer_idx=i,
+                )
+                for i in range(text.num_hidden_layers)
+            ]
+        )
+        self.final_layer_norm = (
+            nn.LayerNorm(text.hidden_size, eps=text.layer_norm_eps) if text.final_layernorm else nn.Identity()
+        )
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        image_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> VLPCaptioningModelOutput:
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        query_length = input_ids.shape[1]
+        max_positions = self.config.max_position_embeddings
+        if position_ids is None:
+            if past_length + query_length > max_positions:
+                raise ValueError(
+                    f"`input_ids` has {query_length} tokens after {past_length} cached ones, more than the decoder's "
+                    f"{max_positions} positions (`text_config.max_position_embeddings`)."
+                )
+            position_ids = torch.arange(past_length, past_length + query_length, device=input_ids.device)[None]
+        hidden_states = self.embeddings(input_ids, position_ids=position_ids)
+        mask = decoder_attention_mask(
+            self.config, attention_mask, query_length, past_length, hidden_states.dtype, hidden_states.device
+        )
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        self_weights, cross_weights = ((), ()) if output_attentions else (None, None)
+        unimodal_state = None
+        for index, layer in enumerate(self.layers):
+            hidden_states, weights, cross = layer(
+                hidden_states, mask, image_hidden_states, None, past_key_values=past_key_values
+            )
+            if index + 1 == self.num_unimodal_layers:
+                unimodal_state = hidden_states
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                self_weights += (weights,)
+                cross_weights += (cross,)
+        return VLPCaptioningModelOutput(
+            last_hidden_state=self.final_layer_norm(hidden_states),
+            past_key_values=past_key_values,
+            text_unimodal_state=unimodal_state,
+            hidden_states=all_hidden_states,
+            attentions=self_weights,
+            cross_attentions=cross_weights,
+        )
+
+
+class VLPCaptioningModel(VLPPreTrainedModel):
+    """Image encoder (`VLPVisionModel`) + causal text decoder cross-attending to the image tokens (+ CoCa's
+    contrastive projections with `projection_dim`). Returns the decoder states; `VLPForConditionalGeneration`
+    adds the LM head, the losses and `generate`."""
+
+    config: VLPCaptioningConfig
+    config_class = VLPCaptioningConfig
+    family_auto_map = {
+        "AutoModel": "VLPCaptioningModel",
+        "AutoModelForImageTextToText": "VLPForConditionalGeneration",
+    }
+    input_modalities = ("image", "text")
+    _no_split_modules = ["VLPTransformerLayer", "VLPPatchEmbeddings", "VLPTextEmbeddings"]
+
+    def __init__(self, config: VLPCaptioningConfig):
+        super().__init__(config)
+        # The decoder layers read the text config, whose attention implementation `PreTrainedModel.__init__` leaves
+        # unresolved (it resolves the top-level config's only): it follows the model's unless set on its own.
+        for tower in (config.text_config, config.vision_config):
+            if tower._attn_implementation is None:
+                tower._attn_implementation_internal = config._attn_implementation
+        self.vision_model = VLPVisionModel._from_config(config.vision_config)
+        self.decoder = VLPCaptioningDecoder(config)
+        self.visual_projection = self.text_projection = self.logit_scale = self.unimodal_layer_norm = None
+        if config.projection_dim is not None:
+            text = config.text_config
+            self.visual_projection = nn.Linear(
+                config.vision_config.hidden_size, config.projection_dim, bias=config.projection_bias
+            )
+            self.text_projection = nn.Linear(text.hidden_size, config.projection_dim, bias=config.projection_bias)
+            self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+            if text.final_layernorm:
+                # The unimodal stack ends where a text encoder would: pre-norm states need their own LayerNorm.
+                self.unimodal_layer_norm = nn.LayerNorm(text.hidden_size, eps=text.layer_norm_eps)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self and self.logit_scale is not None:
+            init.constant_(self.logit_scale, float(self.config.logit_scale_init_value))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.decoder.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.decoder.embeddings.token_embedding = value
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool = False, **kwargs
+    ) -> torch.Tensor:
+        """The image tokens the decoder attends to, `(batch_size, num_image_tokens, vision_hidden_size)`: computed
+        once per `generate` call and reused at every step."""
+        check_pixel_values(pixel_values, self.config.vision_config.num_channels)
+        return self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True).last_hidden_state
+
+    def get_logit_scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped to `config.logit_scale_max` when set."""
+        scale = self.logit_scale
+        if self.config.logit_scale_max is not None:
+            scale = scale.clamp(max=math.log(self.config.logit_scale_max))
+        return scale.exp()
+
+    def _pool_image(self, image_hidden_states: torch.Tensor) -> torch.Tensor:
+        pooling = self.config.vision_config.pooling
+        if pooling == "cls":
+            return image_hidden_states[:, 0]
+        if pooling == "mean":
+            return image_hidden_states[:, self.vision_model.embeddings.num_prefix_tokens :].mean(dim=1)
+        return self.vision_model.head(image_hidden_states)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_hidden_states: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLPCaptioningModelOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Caption tokens starting with the decoder start token; with `past_key_values`, only the new tokens.
+        attention_mask (`torch.LongTensor`, *optional*):
+            1 for real tokens, 0 for padding, over the cached and the new tokens `(batch_size, past + sequence_length)`.
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`), or
+        image_hidden_states (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_hidden_size)`):
+            The images, or their already encoded tokens (`get_image_features`), which skip the vision tower.
+        position_ids (`torch.LongTensor`, *optional*):
+            Positions of the given tokens; defaults to the positions after the cached ones.
+        past_key_values (`Cache`, *optional*), use_cache (`bool`, *optional*):
+            The KV cache of the earlier tokens; `use_cache=True` without one starts an `EncoderDecoderCache`. A plain
+            `DynamicCache` is wrapped into an `EncoderDecoderCache` (the returned one) so the image keys/values are
+            cached too.
+        """
+        check_input_ids(input_ids, None)
+        if image_hidden_states is None:
+            if pixel_values is None:
+                raise ValueError(
+                    "`pixel_values` (or the encoded `image_hidden_states`) is required: the decoder attends to the image."
+                )
+            image_hidden_states = self.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        elif image_hidden_states.ndim != 3 or image_hidden_states.shape[-1] != self.config.vision_config.hidden_size:
+            raise ValueError(
+                "`image_hidden_states` must have shape (batch_size, num_image_tokens, "
+                f"{self.config.vision_config.hidden_size}), got {tuple(image_hidden_states.shape)}."
+            )
+        if image_hidden_states.shape[0] != input_ids.shape[0]:
+            images = "`pixel_values`" if pixel_values is not None else "`image_hidden_states`"
+            raise ValueError(
+                f"`input_ids` has {input_ids.shape[0]} rows but the images ({images}) number "
+                f"{image_hidden_states.shape[0]}; pass one image per caption."
+            )
+        use_cache = use_cache if use_cache is not None else (past_key_values is not None)
+        if use_cache:
+            if past_key_values is None:
+                past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            elif not isinstance(past_key_values, EncoderDecoderCache):
+                past_key_values = EncoderDecoderCache(past_key_values, DynamicCache())
+        else:
+            past_key_values = None
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        outputs = self.decoder(
+            input_ids,
+            image_hidden_states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            output_hidden_states=bool(output_hidden_states or self.config.output_hidden_states),
+            output_attentions=bool(output_attentions or self.config.output_attentions),
+        )
+        outputs.image_hidden_states = image_hidden_states
+        if self.config.projection_dim is not None and past_length == 0:
+            text_state = outputs.text_unimodal_state
+            if self.unimodal_layer_norm is not None:
+                text_state = self.unimodal_layer_norm(text_state)
+            text_pooled = pool_text(
+                text_state, input_ids, attention_mask, self.config.text_config.pooling,
+                self.config.text_config.eos_token_id,
+            )  # fmt: skip
+            outputs.image_embeds = nn.functional.normalize(
+                self.visual_projection(self._pool_image(image_hidden_states)), dim=-1
+            )
+            outputs.text_embeds = nn.functional.normalize(self.text_projection(text_pooled), dim=-1)
+            outputs.logit_scale = self.get_logit_scale()
+        return outputs if (return_dict if return_dict is not None else self.config.return_dict) else outputs.to_tuple()
+
+
+class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
+    """Captioning: `VLPCaptioningModel` + an LM head tied to the word embeddings; next-token loss from `labels` (and
+    CoCa's contrastive loss with `return_loss=True`); `generate(pixel_values=...)` writes captions."""
+
+    config: VLPCaptioningConfig
+    config_class = VLPCaptioningConfig
+    family_auto_map = VLPCaptioningModel.family_auto_map
+    input_modalities = ("image", "text")
+    # GenerationMixin grows `input_ids`; the image goes in once through `generate(pixel_values=...)`.
+    main_input_name = "input_ids"
+    _tied_weights_keys = {"lm_head.decoder.weight": "vlp.decoder.embeddings.token_embedding.weight"}
+
+    def __init__(self, config: VLPCaptioningConfig):
+        super().__init__(config)
+        self.vlp = VLPCaptioningModel(config)
+        self.lm_head = VLPCaptioningHead(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vlp.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.vlp.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head.decoder = value
+
+    def lm_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Next-token cross-entropy: position t predicts `labels[:, t + 1]`. Ignored targets: -100, the pad token
+        (unless it is also the eos token) and positions where `attention_mask` is 0."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(logits.shape[:2])}, got {tuple(labels.shape)}."
+            )
+        text = self.config.text_config
+        labels = labels.clone()
+        if text.pad_token_id is not None and text.pad_token_id != text.eos_token_id:
+            labels = labels.masked_fill(labels == text.pad_token_id, -100)
+        if attention_mask is not None and attention_mask.shape == labels.shape:
+            labels = labels.masked_fill(attention_mask == 0, -100)
+        return nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            labels[:, 1:].reshape(-1),
+            ignore_index=-100,
+            label_smoothing=self.config.label_smoothing,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_hidden_states: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        return_loss: bool | None = None,
+        logits_to_keep: int = 0,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLPCaptioningOutput:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            The caption tokens, usually `input_ids` itself: the model shifts them (the logits at t score token t + 1).
+            -100, the pad token and positions with `attention_mask` 0 are ignored.
+        return_loss (`bool`, *optional*):
+            Also compute the contrastive loss of the local batch (models with `projection_dim`).
+        logits_to_keep (`int`, defaults to 0):
+            Compute the logits of the last `logits_to_keep` positions only (0: all); generation needs the last one.
+        The other arguments are `VLPCaptioningModel.forward`'s.
+        """
+        if labels is not None:
+            use_cache = False
+        outputs = self.vlp(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=pixel_values,
+            image_hidden_states=image_hidden_states,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.lm_head(hidden_states)
+
+        losses = {}
+        if labels is not None:
+            losses["lm"] = self.lm_loss(logits, labels, attention_mask)
+        if return_loss and self.config.projection_dim is not None and outputs.image_embeds is not None:
+            losses["itc"] = contrastive_loss(
+                outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, None, "softmax", gather=False
+            )
+        loss = sum(self.config.loss_weights[name] * value for name, value in losses.items()) if losses else None
+        output = VLPCaptioningOutput(
+            loss=loss,
+            loss_lm=losses.get("lm"),
+            loss_itc=losses.get("itc"),
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            image_hidden_states=outputs.image_hidden_states,
+            image_embeds=outputs.image_embeds,
+            text_embeds=outputs.text_embeds,
+            logit_scale=outputs.logit_scale,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+        )
+        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_hidden_states: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        **generate_kwargs,
+    ):
+        r"""Captions for `pixel_values` (or already encoded `image_hidden_states`), with every `GenerationMixin`
+        strategy (greedy, beam search, sampling; `use_cache`). The image is encoded once; its tokens are expanded
+        with the beams / returned sequences like any tensor model input.
+
+        input_ids (`torch.LongTensor` of shape `(batch_size, prompt_length)`, *optional*):
+            A prompt starting with the decoder start token (left-padded with its `attention_mask` if the rows differ
+            in length); None starts every caption from `decoder_start_token_id`.
+        Returns what `GenerationMixin.generate` returns: the prompt followed by the generated tokens.
+        """
+        if image_hidden_states is None:
+            if pixel_values is None:
+                raise ValueError("`pixel_values` (or the encoded `image_hidden_states`) is required to write a caption.")
+            image_hidden_states = self.vlp.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        batch_size = image_hidden_states.shape[0]
+        if input_ids is None:
+            input_ids = torch.full(
+                (batch_size, 1), self.config.decoder_start_id, dtype=torch.long, device=image_hidden_states.device
+            )
+        check_input_ids(input_ids, attention_mask)
+        if input_ids.shape[0] != batch_size:
+            raise ValueError(
+                f"`input_ids` has {input_ids.shape[0]} prompts but there are {batch_size} images; pass one prompt per image."
+            )
+        max_positions = self.config.text_config.max_position_embeddings
+        prompt_length = input_ids.shape[1]
+        max_new_tokens = generate_kwargs.get("max_new_tokens")
+        if max_new_tokens is not None and max_new_tokens <= 0:
+            raise ValueError(f"`max_new_tokens` must be a positive number of tokens, got {max_new_tokens}.")
+        if prompt_length >= max_positions:
+            raise ValueError(
+                f"`input_ids` has {prompt_length} prompt tokens, but the decoder has {max_positions} positions "
+                "(`text_config.max_position_embeddings`): no room is left for a new token."
+            )
+        if max_new_tokens is not None and prompt_length + max_new_tokens > max_positions:
+            raise ValueError(
+                f"`max_new_tokens={max_new_tokens}` after a {prompt_length}-token prompt needs "
+                f"{prompt_length + max_new_tokens} positions, but the decoder has {max_positions}; ask for at most "
+                f"{max_positions - prompt_length} new tokens."
+            )
+        if max_new_tokens is None:
+            max_length = generate_kwargs.get("max_length") or self.generation_config.max_length
+            generate_kwargs["max_length"] = min(max_length, max_positions)
+        return super().generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            image_hidden_states=image_hidden_states,
+            **generate_kwargs,
+        )
+
+
+__all__ = [
+    "VLPCaptioningModel",
+    "VLPCaptioningModelOutput",
+    "VLPCaptioningOutput",
+    "VLPForConditionalGeneration",
+]

@@ -1,4 +1,5 @@
-"""Retrieval and zero-shot evaluation of dual encoders, and VQA accuracy, written once in plain torch.
+"""Retrieval and zero-shot evaluation, VQA accuracy and captioning metrics, written once in plain torch (the `evaluate`
+modules of `modeling_vlp.metrics` wrap these functions).
 
 Ranking convention, used everywhere here: the rank of the ground truth is 1 + the number of
 wrong candidates scoring *at least* as high as the best ground-truth candidate. Ties therefore
@@ -167,10 +168,24 @@ def zero_shot_accuracy(image_embeds, class_text_embeds, labels, ks: Sequence[int
             "image_embeds (num_images, D) and class_text_embeds (num_classes, D) must share D, got "
             f"{tuple(images.shape)} and {tuple(classes.shape)}"
         )
-    targets = _as_index_tensor("labels", labels, images.shape[0], classes.shape[0])
-    logits = images @ classes.T
-    is_target = F.one_hot(targets, classes.shape[0]).bool()
-    ranks = _ranks(logits, is_target)
+    return topk_accuracy(images @ classes.T, labels, ks)
+
+
+def topk_accuracy(logits, labels, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy (%) of class scores, `{"top1": ..., "top5": ...}`; ties with the true class count as misses.
+
+    Args:
+        logits: `(num_examples, num_classes)` scores, higher is more likely (tensor or array).
+        labels: `(num_examples,)` true class index of each example.
+        ks: the k of top-k; a k >= num_classes is 100 by definition.
+    """
+    logits = _as_float_tensor("logits", logits)
+    if logits.dim() != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (num_examples, num_classes), non-empty; got {tuple(logits.shape)}")
+    if any(int(k) < 1 for k in ks):
+        raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+    targets = _as_index_tensor("labels", labels, logits.shape[0], logits.shape[1])
+    ranks = _ranks(logits, F.one_hot(targets, logits.shape[1]).bool())
     return {f"top{k}": _recall(ranks, k) for k in ks}
 
 
@@ -317,7 +332,9 @@ def build_zero_shot_classifier(
     return F.normalize(embeds, dim=-1)
 
 
-def _retrieval_texts(eval_dataset) -> tuple[list[str], list[int]]:
+def retrieval_texts(eval_dataset) -> tuple[list[str], list[int]]:
+    """(texts, text_to_image) of an image-caption split: every caption of an image's `captions` list (else its
+    `caption`) as a query, with the row index of its image."""
     if "captions" in eval_dataset.column_names:
         texts, text_to_image = [], []
         for index, (caption, captions) in enumerate(zip(eval_dataset["caption"], eval_dataset["captions"])):
@@ -364,7 +381,7 @@ def evaluate_dual_encoder(
     tokenizer = getattr(processor, "tokenizer", processor)
 
     image_embeds = encode_images(model, image_processor, eval_dataset["image"], batch_size, device, show_progress)
-    texts, text_to_image = _retrieval_texts(eval_dataset)
+    texts, text_to_image = retrieval_texts(eval_dataset)
     text_embeds = encode_texts(model, tokenizer, texts, batch_size, device, show_progress)
 
     metrics = retrieval_metrics(image_embeds @ text_embeds.T, text_to_image, ks)
@@ -497,6 +514,49 @@ def evaluate_vqa(
         `vqa_accuracy`, `num_questions` and, when the dataset has `question_type_column`, `vqa_accuracy_<type>` for
         each question type.
     """
+    predictions = vqa_predictions(
+        model, processor, dataset, id2label, batch_size=batch_size, image_column=image_column,
+        question_column=question_column, answers_column=answers_column, visual_input=visual_input,
+        max_length=max_length, device=device, show_progress=show_progress,
+    )  # fmt: skip
+    question_types = list(dataset[question_type_column]) if question_type_column in dataset.column_names else None
+    return vqa_metrics(predictions, list(dataset[answers_column]), question_types)
+
+
+def vqa_metrics(
+    predictions: Sequence[str], answers_lists: Sequence[Sequence[str]], question_types: Sequence[str] | None = None
+) -> dict[str, float]:
+    """`vqa_accuracy` (%), `num_questions` and, given `question_types`, `vqa_accuracy_<type>` per type."""
+    if len(predictions) != len(answers_lists):
+        raise ValueError(f"predictions has {len(predictions)} items but answers_lists has {len(answers_lists)}")
+    if len(predictions) == 0:
+        raise ValueError("predictions is empty")
+    scores = [vqa_score(prediction, answers) for prediction, answers in zip(predictions, answers_lists)]
+    metrics = {"vqa_accuracy": 100.0 * sum(scores) / len(scores), "num_questions": float(len(scores))}
+    if question_types is not None:
+        by_type: dict[str, list[float]] = {}
+        for question_type, score in zip(question_types, scores):
+            by_type.setdefault(question_type, []).append(score)
+        for question_type, values in sorted(by_type.items()):
+            metrics[f"vqa_accuracy_{question_type}"] = 100.0 * sum(values) / len(values)
+    return metrics
+
+
+def vqa_predictions(
+    model,
+    processor,
+    dataset,
+    id2label,
+    batch_size: int = 64,
+    image_column: str = "image",
+    question_column: str = "question",
+    answers_column: str = "answers",
+    visual_input: str = "patches",
+    max_length: int | None = None,
+    device: torch.device | str | None = None,
+    show_progress: bool = True,
+) -> list[str]:
+    """The answer (from `id2label`) of the argmax logit for each question of `dataset`; see `evaluate_vqa`."""
     from .collators import VLPQuestionAnsweringCollator  # collators import this module
 
     if batch_size < 1:
@@ -533,17 +593,7 @@ def evaluate_vqa(
             if logits.shape[-1] != len(labels):
                 raise ValueError(f"model logits have {logits.shape[-1]} classes but id2label has {len(labels)}")
             predictions.extend(labels[index] for index in logits.argmax(dim=-1).tolist())
-
-    answers_lists = list(dataset[answers_column])
-    scores = [vqa_score(prediction, answers) for prediction, answers in zip(predictions, answers_lists)]
-    metrics = {"vqa_accuracy": 100.0 * sum(scores) / len(scores), "num_questions": float(len(scores))}
-    if question_type_column in dataset.column_names:
-        by_type: dict[str, list[float]] = {}
-        for question_type, score in zip(dataset[question_type_column], scores):
-            by_type.setdefault(question_type, []).append(score)
-        for question_type, values in sorted(by_type.items()):
-            metrics[f"vqa_accuracy_{question_type}"] = 100.0 * sum(values) / len(values)
-    return metrics
+    return predictions
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -611,6 +661,23 @@ def _visual_batch(processor, eval_dataset) -> dict[str, torch.Tensor]:
     return dict(processor(images=list(eval_dataset["image"]), return_tensors="pt"))
 
 
+def image_text_match_matrix(model, processor, eval_dataset, batch_size: int = 64, show_progress: bool = True):
+    """(scores `(num_images, num_texts)`, texts, text_to_image, visual inputs) of a single-stream model on an
+    image-caption split: the ITM score of every image with every caption (`image_text_match_scores`)."""
+    if len(eval_dataset) == 0:
+        raise ValueError("eval_dataset is empty.")
+    if "caption" not in eval_dataset.column_names:
+        raise ValueError(f"eval_dataset needs a 'caption' column; it has {eval_dataset.column_names}.")
+    tokenizer = processor.tokenizer
+    texts, text_to_image = retrieval_texts(eval_dataset)
+    text_inputs = dict(
+        tokenizer(texts, padding=True, truncation=True, max_length=_text_max_length(model, tokenizer), return_tensors="pt")
+    )
+    visual_inputs = _visual_batch(processor, eval_dataset)
+    scores = image_text_match_scores(model, visual_inputs, text_inputs, batch_size, show_progress)
+    return scores, texts, text_to_image, visual_inputs
+
+
 def evaluate_image_text_matching(
     model,
     processor,
@@ -632,18 +699,9 @@ def evaluate_image_text_matching(
     """
     from .masking import mask_tokens_for_mlm
 
-    if len(eval_dataset) == 0:
-        raise ValueError("eval_dataset is empty.")
-    if "caption" not in eval_dataset.column_names:
-        raise ValueError(f"eval_dataset needs a 'caption' column; it has {eval_dataset.column_names}.")
     subset = eval_dataset.select(range(min(num_images, len(eval_dataset))))
+    scores, texts, text_to_image, visual_inputs = image_text_match_matrix(model, processor, subset, batch_size, show_progress)
     tokenizer = processor.tokenizer
-    texts, text_to_image = _retrieval_texts(subset)
-    text_inputs = dict(
-        tokenizer(texts, padding=True, truncation=True, max_length=_text_max_length(model, tokenizer), return_tensors="pt")
-    )
-    visual_inputs = _visual_batch(processor, subset)
-    scores = image_text_match_scores(model, visual_inputs, text_inputs, batch_size, show_progress)
     metrics = retrieval_metrics(scores, text_to_image, ks)
     metrics.update(retrieval_chance_levels(text_to_image, len(subset), ks))
     metrics["num_images"] = float(len(subset))
@@ -681,6 +739,33 @@ def evaluate_image_text_matching(
     return metrics
 
 
+def fusion_rerank_scores(
+    model, processor, eval_dataset, k: int = 16, batch_size: int = 64, show_progress: bool = True
+):
+    """(`VLPRerankedRetrieval`, texts, text_to_image) of a fusion model on an image-caption split: ITC similarity of
+    every pair, ITM re-scoring of each query's top `k` (capped at the numbers of images and texts) in both
+    directions (`modeling_fusion.rerank_retrieval`)."""
+    from .modeling_fusion import rerank_retrieval
+
+    if len(eval_dataset) == 0:
+        raise ValueError("eval_dataset is empty.")
+    if "caption" not in eval_dataset.column_names:
+        raise ValueError(f"eval_dataset needs a 'caption' column; it has {eval_dataset.column_names}.")
+    tokenizer = processor.tokenizer
+    texts, text_to_image = retrieval_texts(eval_dataset)
+    text_inputs = dict(
+        tokenizer(texts, padding=True, truncation=True, max_length=_text_max_length(model, tokenizer), return_tensors="pt")
+    )
+    image_inputs = _visual_batch(processor, eval_dataset)
+    k = min(k, len(eval_dataset), len(texts))
+    with _eval_mode(model):
+        result = rerank_retrieval(
+            model, image_inputs, text_inputs, k=k, batch_size=batch_size,
+            image_ids=torch.as_tensor(text_to_image), show_progress=show_progress,
+        )  # fmt: skip
+    return result, texts, text_to_image
+
+
 def evaluate_fusion_retrieval(
     model,
     processor,
@@ -693,24 +778,8 @@ def evaluate_fusion_retrieval(
     """Retrieval metrics of a fusion model the ALBEF way: ITC similarity for every pair, then the ITM head re-scores
     the top `k` candidates of each query (`modeling_fusion.rerank_retrieval`). Reports the re-ranked metrics
     (`i2t_r@1`, ...), the ITC-only ones (`itc_i2t_r@1`, ...), chance levels and the number of ITM forward pairs."""
-    from .modeling_fusion import rerank_retrieval
-
-    if len(eval_dataset) == 0:
-        raise ValueError("eval_dataset is empty.")
-    if "caption" not in eval_dataset.column_names:
-        raise ValueError(f"eval_dataset needs a 'caption' column; it has {eval_dataset.column_names}.")
-    tokenizer = processor.tokenizer
-    texts, text_to_image = _retrieval_texts(eval_dataset)
-    text_inputs = dict(
-        tokenizer(texts, padding=True, truncation=True, max_length=_text_max_length(model, tokenizer), return_tensors="pt")
-    )
-    image_inputs = _visual_batch(processor, eval_dataset)
+    result, texts, text_to_image = fusion_rerank_scores(model, processor, eval_dataset, k, batch_size, show_progress)
     k = min(k, len(eval_dataset), len(texts))
-    with _eval_mode(model):
-        result = rerank_retrieval(
-            model, image_inputs, text_inputs, k=k, batch_size=batch_size,
-            image_ids=torch.as_tensor(text_to_image), show_progress=show_progress,
-        )  # fmt: skip
     # Each direction re-scores its own shortlist: text->image ranks come from `scores_t2i`, not `scores_i2t.T`.
     metrics = retrieval_metrics(result.scores_i2t, text_to_image, ks, text_to_image_scores=result.scores_t2i)
     itc = retrieval_metrics(result.similarity, text_to_image, ks)
@@ -718,4 +787,120 @@ def evaluate_fusion_retrieval(
     metrics.update(retrieval_chance_levels(text_to_image, len(eval_dataset), ks))
     metrics.update(num_images=float(len(eval_dataset)), num_texts=float(len(texts)), rerank_k=float(k),
                    num_itm_pairs=float(result.num_itm_pairs))  # fmt: skip
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------------------
+# VQA accuracy inside the Trainer, and captioning metrics
+# --------------------------------------------------------------------------------------------------------------
+
+
+def vqa_soft_score_accuracy(logits, soft_scores) -> float:
+    """VQA accuracy (%) from class scores and per-class soft targets: the mean target value of each row's argmax
+    class. With the targets of `VLPQuestionAnsweringCollator` (min(#annotators / 3, 1) per answer) this is the
+    Trainer-side figure; it gives 0.33 / 0.67 / 1 for 1 / 2 / 3 matching annotators where the official
+    leave-one-out `vqa_score` gives 0.3 / 0.6 / 0.9.
+
+    Args:
+        logits: `(num_questions, num_answers)` scores (array or tensor).
+        soft_scores: `(num_questions, num_answers)` soft targets, the collator's `labels`.
+    """
+    logits = logits.detach().cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+    scores = soft_scores.detach().cpu().numpy() if isinstance(soft_scores, torch.Tensor) else np.asarray(soft_scores)
+    if logits.ndim != 2 or logits.shape != scores.shape or logits.shape[0] == 0:
+        raise ValueError(
+            "logits and soft_scores must be non-empty (num_questions, num_answers) arrays of the same shape, got "
+            f"{logits.shape} and {scores.shape}"
+        )
+    chosen = logits.argmax(axis=-1)
+    return float(100 * scores[np.arange(len(chosen)), chosen].mean())
+
+
+def vqa_compute_metrics(eval_prediction) -> dict[str, float]:
+    """`compute_metrics` of a VQA `Trainer`: `{"vqa_accuracy": ...}` computed by the `vlp_vqa_accuracy` metric
+    (`evaluate`, configuration "soft_scores") from the logits and the collator's soft-score labels; the same
+    numbers as `vqa_soft_score_accuracy`."""
+    from .metrics import load_metric
+
+    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    metric = load_metric("vlp_vqa_accuracy", config_name="soft_scores")
+    return metric.compute(predictions=logits, references=labels)
+
+
+# What the COCO caption toolkit's PTBTokenizer (a Java program) drops after tokenising: quotes, brackets (its
+# -LRB- ... tokens) and sentence punctuation. Other symbols ("&", "%", "$") stay tokens.
+_COCO_PUNCTUATION = frozenset(["''", "'", "``", "`", '"', "(", ")", "[", "]", "{", "}", ".", "?", "!", ",", ":",
+                               "-", "--", "...", ";"])  # fmt: skip
+_COCO_TOKEN = re.compile(
+    r"[^\W_]+(?=n't\b)"  # "don't" -> "do" "n't", as PTB splits clitics
+    r"|n't\b|'(?:s|re|ve|ll|d|m)\b"
+    r"|\d+(?:[.,]\d+)+"  # "2.5", "1,000" stay one token
+    r"|[^\W_]+(?:-[^\W_]+)*"  # words, hyphenated ones whole ("black-and-white")
+    r"|\S"
+)
+
+
+def coco_tokenize(text: str) -> str:
+    """A caption as the COCO caption evaluation compares it: lowercased, PTB-style tokens joined by spaces, with
+    punctuation removed ("A dog's ball, red." -> "a dog 's ball red"). Plain Python; the toolkit runs Stanford's
+    PTBTokenizer in Java, which this follows for English captions."""
+    if not isinstance(text, str):
+        raise TypeError(f"caption has type {type(text).__name__}; expected str.")
+    tokens = _COCO_TOKEN.findall(text.replace("\n", " ").lower())
+    return " ".join(token for token in tokens if token not in _COCO_PUNCTUATION)
+
+
+def caption_metrics(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], meteor: bool | None = None
+) -> dict[str, float]:
+    """COCO captioning metrics (all as percents, x100, as captioning papers report them) of one generated caption
+    per image against its reference captions, computed by `pycocoevalcap` on `coco_tokenize`d text.
+
+    Returns:
+        `bleu_1` ... `bleu_4`: corpus BLEU (pycocoevalcap's `Bleu(4)`, closest reference length).
+        `cider`: CIDEr-D (pycocoevalcap's `Cider`: sigma 6, clipped counts, x10 inside), whose document frequencies
+            come from the references of this very corpus: one image alone scores 0, and the figure is meaningful
+            over a whole split only.
+        `meteor`: METEOR 1.5 (pycocoevalcap's `Meteor`, a Java program), only when `meteor` is True, or None (the
+            default) and a `java` executable is on the PATH; the key is left out otherwise.
+    """
+    import contextlib
+    import io
+    import shutil
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    if isinstance(predictions, str) or isinstance(references, str):
+        raise ValueError("predictions and references must be lists (one item per image), got a str")
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"predictions has {len(predictions)} items but references has {len(references)}; expected one list of "
+            "reference captions per prediction."
+        )
+    if len(predictions) == 0:
+        raise ValueError("predictions is empty")
+    for index, refs in enumerate(references):
+        if isinstance(refs, str) or len(refs) == 0:
+            raise ValueError(f"references[{index}] must be a non-empty list of captions, got {refs!r}")
+    gts = {index: [coco_tokenize(ref) for ref in refs] for index, refs in enumerate(references)}
+    res = {index: [coco_tokenize(prediction)] for index, prediction in enumerate(predictions)}
+    # pycocoevalcap prints its BLEU statistics to stdout, which belongs to the caller (`vlp evaluate` prints JSON).
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(gts, res)
+        cider, _ = Cider().compute_score(gts, res)
+    metrics = {f"bleu_{n + 1}": 100.0 * float(score) for n, score in enumerate(bleu)}
+    metrics["cider"] = 100.0 * float(cider)
+    if meteor is None:
+        meteor = shutil.which("java") is not None
+    if meteor:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorer = Meteor()
+        try:
+            score, _ = scorer.compute_score(gts, res)
+        finally:
+            del scorer  # stops the Java process
+        metrics["meteor"] = 100.0 * float(score)
     return metrics

@@ -5,6 +5,7 @@ Importing the package registers every config, model and processor with the trans
 
 from .configuration_vlp import (
     PRESETS,
+    VLPCaptioningConfig,
     VLPDualEncoderConfig,
     VLPFusionConfig,
     VLPTextConfig,
@@ -12,6 +13,11 @@ from .configuration_vlp import (
     VLPVisionConfig,
     get_preset_config,
     preset_names,
+)
+from .modeling_captioning import (
+    VLPCaptioningModel,
+    VLPCaptioningOutput,
+    VLPForConditionalGeneration,
 )
 from .modeling_dual_encoder import VLPDualEncoderModel, VLPDualEncoderOutput, VLPTextModel, VLPVisionModel
 from .modeling_fusion import (
@@ -27,7 +33,12 @@ from .modeling_unified import (
     VLPUnifiedForQuestionAnswering,
     VLPUnifiedModel,
 )
-from .registration import register_auto_classes
+from .pipelines import (
+    VLPImageTextRetrievalPipeline,
+    VLPVisualQuestionAnsweringPipeline,
+    VLPZeroShotImageClassificationPipeline,
+)
+from .registration import AutoModelForImageTextRetrieval, register_auto_classes
 
 
 register_auto_classes()

@@ -6,13 +6,17 @@ Two registrations happen: with the Auto mappings of this Python (so `AutoModel.f
 `trust_remote_code=True` loads a checkpoint where the package is not installed).
 
 The zero-shot image classification pipeline is replaced by a subclass that also knows our sigmoid-loss models
-(see `pipelines.py`); every other model gets the stock behaviour.
+(see `pipelines.py`); every other model gets the stock behaviour. The "image-text-retrieval" and
+"visual-question-answering" pipelines are ours; the first loads its models through `AutoModelForImageTextRetrieval`.
 """
+
+from collections import OrderedDict
 
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
+    AutoModelForImageTextToText,
     AutoModelForMaskedLM,
     AutoModelForPreTraining,
     AutoModelForVisualQuestionAnswering,
@@ -21,16 +25,49 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .configuration_vlp import VLPDualEncoderConfig, VLPFusionConfig, VLPTextConfig, VLPUnifiedConfig, VLPVisionConfig
+from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
+
+from .configuration_vlp import (
+    VLPCaptioningConfig,
+    VLPDualEncoderConfig,
+    VLPFusionConfig,
+    VLPTextConfig,
+    VLPUnifiedConfig,
+    VLPVisionConfig,
+)
+from .modeling_captioning import VLPCaptioningModel, VLPForConditionalGeneration
 from .modeling_dual_encoder import VLPDualEncoderModel, VLPTextModel, VLPVisionModel
-from .modeling_fusion import VLPFusionForPreTraining, VLPFusionForQuestionAnswering, VLPFusionModel
-from .modeling_unified import VLPUnifiedForPreTraining, VLPUnifiedForQuestionAnswering, VLPUnifiedModel
+from .modeling_fusion import (
+    VLPFusionForImageTextRetrieval,
+    VLPFusionForPreTraining,
+    VLPFusionForQuestionAnswering,
+    VLPFusionModel,
+)
+from .modeling_unified import (
+    VLPUnifiedForImageTextRetrieval,
+    VLPUnifiedForPreTraining,
+    VLPUnifiedForQuestionAnswering,
+    VLPUnifiedModel,
+)
 from .processors.image_processing_vlp import VLPImageProcessor
 from .processors.processing_vlp import VLPProcessor
 from .processors.tokenization_vlp import VLPTokenizer
 
 
 _registered = False
+
+
+class AutoModelForImageTextRetrieval(_BaseAutoModelClass):
+    """Auto class of the "image-text-retrieval" pipeline (transformers has no such task): the dual encoder itself,
+    and the fusion and unified families' `ForImageTextRetrieval` heads. Those read the `vlp.*` and `itm_head.*`
+    weights of a pretraining checkpoint under the same names, so a `ForPreTraining` checkpoint loads with its ITM
+    head (its MLM / MIM heads are left out).
+
+    Only for Python with `modeling_vlp` installed: it is not a transformers class, so a saved checkpoint's `auto_map`
+    does not name it (use `VLP*ForImageTextRetrieval` with `trust_remote_code` instead)."""
+
+    # No built-in entries: `register_auto_classes` registers ours into the mapping's extra content.
+    _model_mapping = _LazyAutoMapping(OrderedDict(), OrderedDict())
 
 
 def _register_models() -> None:
@@ -44,6 +81,12 @@ def _register_models() -> None:
         config_class.register_for_auto_class()
         model_class.register_for_auto_class("AutoModel")
     AutoModelForZeroShotImageClassification.register(VLPDualEncoderConfig, VLPDualEncoderModel, exist_ok=True)
+    for config_class, model_class in (
+        (VLPDualEncoderConfig, VLPDualEncoderModel),
+        (VLPFusionConfig, VLPFusionForImageTextRetrieval),
+        (VLPUnifiedConfig, VLPUnifiedForImageTextRetrieval),
+    ):
+        AutoModelForImageTextRetrieval.register(config_class, model_class, exist_ok=True)
     # Families with heads: one class per Auto class. Saved checkpoints list every one of them in `auto_map`
     # (`VLPPreTrainedModel.save_pretrained`), whichever class saved them.
     for config_class, auto_classes in (
@@ -65,6 +108,7 @@ def _register_models() -> None:
                 AutoModelForVisualQuestionAnswering: VLPFusionForQuestionAnswering,
             },
         ),
+        (VLPCaptioningConfig, {AutoModel: VLPCaptioningModel, AutoModelForImageTextToText: VLPForConditionalGeneration}),
     ):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         config_class.register_for_auto_class()
@@ -77,12 +121,12 @@ def _register_models() -> None:
 def _register_processors() -> None:
     # transformers 5 keys image processors by backend; ours is PIL-based whichever backend is asked for.
     image_processor_classes = {"pil": VLPImageProcessor, "torchvision": VLPImageProcessor}
-    for config_class in (VLPVisionConfig, VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig):
+    for config_class in (VLPVisionConfig, VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig, VLPCaptioningConfig):
         AutoImageProcessor.register(config_class, image_processor_classes=image_processor_classes, exist_ok=True)
-    for config_class in (VLPTextConfig, VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig):
+    for config_class in (VLPTextConfig, VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig, VLPCaptioningConfig):
         # transformers 5: one `tokenizer_class` (the slow/fast pair arguments are deprecated).
         AutoTokenizer.register(config_class, tokenizer_class=VLPTokenizer, exist_ok=True)
-    for config_class in (VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig):
+    for config_class in (VLPDualEncoderConfig, VLPUnifiedConfig, VLPFusionConfig, VLPCaptioningConfig):
         AutoProcessor.register(config_class, VLPProcessor, exist_ok=True)
     VLPImageProcessor.register_for_auto_class("AutoImageProcessor")
     VLPTokenizer.register_for_auto_class("AutoTokenizer")
@@ -99,3 +143,6 @@ def register_auto_classes() -> None:
 
     register_pipelines()
     _registered = True
+
+
+__all__ = ["AutoModelForImageTextRetrieval", "register_auto_classes"]

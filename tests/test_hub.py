@@ -98,6 +98,10 @@ def read_from(server: LocalHub, monkeypatch) -> None:
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
     template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    # transformers keeps one HfApi, bound to the endpoint of its first use (another test's server, maybe).
+    import transformers.utils.hub
+
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
 
 
 def build_processor() -> VLPProcessor:

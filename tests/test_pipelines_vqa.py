@@ -2,14 +2,12 @@
 argmax of the model's logits through `config.id2label`, scored by the sigmoid (BCE heads) or softmax (KL heads),
 whatever the batch size; a pushed checkpoint loads by its repo id; bad input is refused."""
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
-import transformers.utils.hub
-from huggingface_hub import HfApi, constants
+from huggingface_hub import HfApi
 from PIL import Image
 from transformers import pipeline
 
@@ -24,7 +22,7 @@ from modeling_vlp import (
 )
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
 
-from hub_server import DEFAULT_TOKEN, LocalHub
+from hub_server import DEFAULT_TOKEN
 
 
 pytestmark = [
@@ -196,28 +194,6 @@ def test_region_input_model(processor):
             assert [entry["score"] for entry in result] == pytest.approx(scores[order].tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="reads detector regions"):
         vqa(image=IMAGES[0], question=QUESTIONS[0])
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A local Hub, with transformers' downloads pointed at it and a fresh cache (as tests/test_hub.py)."""
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "stored_tokens"))
-    (tmp_path / "agent_harnesses.json").write_text(json.dumps({"standardEnvVars": [], "harnesses": {}}))
-    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    with LocalHub() as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        # transformers keeps one HfApi, bound to the endpoint of its first use (another test's server, maybe).
-        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
-        yield server
-        assert server.unhandled == [] and server.xet_requests == []
 
 
 def test_pushed_checkpoint_loads_by_repo_id(saved, answerers, hub, tmp_path):

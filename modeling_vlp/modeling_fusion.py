@@ -1194,6 +1194,9 @@ class VLPFusionForImageTextRetrieval(VLPFusionPreTrainedModel):
     """`VLPFusionModel` with an ITM head: ITC similarity for every pair, ITM log-odds for given pairs, and ALBEF's
     re-ranked retrieval (`rank`)."""
 
+    # A pretraining checkpoint loads here with its ITM head; its other heads are not part of this model.
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm|mim|patch|region|answer)_head\."]
+
     def __init__(self, config: VLPFusionConfig):
         super().__init__(config)
         self.vlp = VLPFusionModel(config)

@@ -921,6 +921,9 @@ class VLPUnifiedForQuestionAnswering(VLPUnifiedPreTrainedModel):
 class VLPUnifiedForImageTextRetrieval(VLPUnifiedPreTrainedModel):
     """Scores image-text pairs with the ITM head (the same `itm_head` as pretraining, so a pretrained model loads)."""
 
+    # A pretraining checkpoint loads here with its ITM head; its other heads are not part of this model.
+    _keys_to_ignore_on_load_unexpected = [r"^(mlm|mim|patch|region|answer)_head\."]
+
     def __init__(self, config: VLPUnifiedConfig):
         super().__init__(config)
         self.vlp = VLPUnifiedModel(config)

@@ -1,8 +1,10 @@
-"""`vlp evaluate`: evaluate a saved model (a folder or a Hub repo id) on retrieval, zero-shot classification or VQA.
+"""`vlp evaluate`: evaluate a saved model (a folder or a Hub repo id) on retrieval, zero-shot classification, VQA or
+captioning.
 
     vlp evaluate --model runs/x --task retrieval                  the scenes validation split `vlp pretrain` used
     vlp evaluate --model runs/x --task zero-shot --dataset DIR    a local dataset with a label column
     vlp evaluate --model runs/vqa --task vqa                      the scenes VQA validation split of `vlp finetune`
+    vlp evaluate --model runs/cap --task captioning --num-beams 3 BLEU / CIDEr of generated captions (scenes validation)
 
 Prints one JSON object (the metrics, `task`, `model`, `num_images`, `num_texts`, `png`) on stdout, writes it to
 `<output-dir>/eval_<task>.json` with a PNG report next to it; logs and progress bars go to stderr. Bad input
@@ -33,7 +35,9 @@ SCENES_VQA_IMAGES = 300
 SCENES_SEED = 0
 # Single-stream retrieval runs the model on every image-caption pair: like `vlp pretrain`, the first 100 images.
 UNIFIED_RETRIEVAL_IMAGES = 100
-MODEL_TYPE_FAMILY = {"vlp_dual_encoder": "dual", "vlp_unified": "unified", "vlp_fusion": "fusion"}
+MODEL_TYPE_FAMILY = {
+    "vlp_dual_encoder": "dual", "vlp_unified": "unified", "vlp_fusion": "fusion", "vlp_captioning": "captioning",
+}  # fmt: skip
 
 
 @dataclass
@@ -244,6 +248,62 @@ def run_vqa(run: EvaluationRun) -> dict:
     return metrics
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Captioning
+# --------------------------------------------------------------------------------------------------------------
+
+
+def images_with_references(dataset):
+    """One row per image with its reference captions in a `captions` list: the dataset itself when it has such a
+    column, else (COCO's annotation layout, one caption per row) the rows grouped by `image_id`, first row of each
+    image kept, in order of first appearance. Without `image_id` each row is an image with its one `caption`."""
+    columns = dataset.column_names
+    if "captions" in columns or "image_id" not in columns:
+        return dataset
+    image_ids = list(dataset["image_id"])
+    if len(set(image_ids)) == len(image_ids):
+        return dataset
+    first, captions = {}, {}
+    for row, (image_id, caption) in enumerate(zip(image_ids, dataset["caption"])):
+        first.setdefault(image_id, row)
+        captions.setdefault(image_id, []).append(caption)
+    grouped = dataset.select(list(first.values()))
+    return grouped.add_column("captions", [captions[image_id] for image_id in first])
+
+
+def run_captioning(run: EvaluationRun) -> dict:
+    from .evaluation import caption_references, generate_captions
+    from .metrics import load_metric
+    from .visualize import caption_grid
+
+    model, processor, args = run.model, run.processor, run.args
+    if "image" not in run.dataset.column_names:
+        raise ValueError(f"captioning needs an 'image' column; columns found: {run.dataset.column_names}")
+    dataset = images_with_references(run.dataset)
+    if args.max_examples is not None:
+        dataset = dataset.select(range(min(args.max_examples, len(dataset))))
+    references = caption_references(dataset)
+    predictions = generate_captions(
+        model, processor, dataset["image"], args.batch_size, args.max_new_tokens, args.num_beams
+    )
+    metric = load_metric("vlp_caption")
+    metric.add_batch(predictions=predictions, references=references)
+    metrics = metric.compute()
+    metrics.update(num_images=len(dataset), num_texts=sum(len(refs) for refs in references))
+    count = min(PNG_ROWS, len(dataset))
+    decoding = "greedy" if args.num_beams == 1 else f"beam search ({args.num_beams} beams)"
+    caption_grid(
+        [dataset[index]["image"] for index in range(count)], predictions[:count], references[:count], run.png_path,
+        title=f"{args.model}: BLEU-4 {metrics['bleu_4']:.1f}, CIDEr {metrics['cider']:.1f} ({decoding}); generated "
+        "caption and references",
+    )  # fmt: skip
+    metrics["png"] = run.png_path
+    metrics["examples"] = [
+        {"generated": prediction, "references": refs} for prediction, refs in zip(predictions[:3], references[:3])
+    ]
+    return metrics
+
+
 TASKS: dict[str, Task] = {
     "retrieval": Task(
         ("vlp_dual_encoder", "vlp_unified", "vlp_fusion"), run_retrieval, "image-text",
@@ -254,6 +314,9 @@ TASKS: dict[str, Task] = {
         "top-1/top-5 accuracy with the prompt-template ensemble",
     ),
     "vqa": Task(("vlp_unified", "vlp_fusion"), run_vqa, "vqa", "official VQA accuracy"),
+    "captioning": Task(
+        ("vlp_captioning",), run_captioning, "image-text", "BLEU-1..4, CIDEr (and METEOR with Java) of generated captions",
+    ),
 }  # fmt: skip
 
 
@@ -270,6 +333,7 @@ _DEFAULT_CLASSES = {
     ("vlp_fusion", "retrieval"): "VLPFusionForImageTextRetrieval",
     ("vlp_fusion", "zero-shot"): "VLPFusionModel",
     ("vlp_fusion", "vqa"): "VLPFusionForQuestionAnswering",
+    ("vlp_captioning", "captioning"): "VLPForConditionalGeneration",
 }
 
 
@@ -309,6 +373,11 @@ def load_model(model_path: str, task: str):
         raise ValueError(
             f"--model {model_path!r} is a {class_name} without a VQA head; fine-tune it first (`vlp finetune --task "
             "vqa --model ...`)."
+        )
+    if task == "captioning" and class_name != "VLPForConditionalGeneration":
+        raise ValueError(
+            f"--model {model_path!r} is a {class_name} without the language-model head that captioning needs; save "
+            "a VLPForConditionalGeneration (what `vlp pretrain --family captioning` writes)."
         )
     logger.info("Loading %s from %s.", class_name, model_path)
     model = getattr(modeling_vlp, class_name).from_pretrained(model_path)
@@ -416,7 +485,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset", default=None,
         help="Local dataset (imagefolder, parquet, webdataset shards, save_to_disk). Default: the embedded scenes "
-        "validation split that `vlp pretrain` (retrieval, zero-shot) or `vlp finetune` (vqa) evaluate on.",
+        "validation split that `vlp pretrain` (retrieval, zero-shot, captioning) or `vlp finetune` (vqa) evaluate "
+        "on. Captioning: an image column and a caption column holding a list of references per image, or one "
+        "caption per row with an image_id column (rows of one image are grouped).",
     )  # fmt: skip
     parser.add_argument("--split", default=None, help="Split to evaluate (default: validation, else test).")
     parser.add_argument("--batch-size", type=int, default=64, help="Images, texts or pairs per forward pass.")
@@ -430,6 +501,11 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-column", default="label", help="Zero-shot: class column (ClassLabel or names).")
     parser.add_argument("--question-column", default="question", help="VQA: question column of --dataset.")
     parser.add_argument("--answers-column", default="answers", help="VQA: annotator answers column of --dataset.")
+    parser.add_argument("--num-beams", type=int, default=1, help="Captioning: beams (1: greedy decoding).")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help="Captioning: tokens per caption at most (default: 40, capped by the decoder's positions).",
+    )  # fmt: skip
     return parser
 
 
@@ -437,7 +513,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     """Load the model, processor and split named by `args`, run the task, write the JSON and PNG; the result."""
     if args.task not in TASKS:
         raise ValueError(f"unknown --task {args.task!r}; tasks: {', '.join(TASKS)} ({tasks_by_family()})")
-    for name in ("batch_size", "max_examples", "rerank_k"):
+    for name in ("batch_size", "max_examples", "rerank_k", "num_beams", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

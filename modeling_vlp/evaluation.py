@@ -904,3 +904,105 @@ def caption_metrics(
             del scorer  # stops the Java process
         metrics["meteor"] = 100.0 * float(score)
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Captioning
+# ---------------------------------------------------------------------------------------------
+
+# New tokens of a caption when the caller names no limit: scene and COCO captions fit with room to spare.
+DEFAULT_CAPTION_TOKENS = 40
+
+
+def caption_token_budget(model, max_new_tokens: int | None = None, prompt_length: int = 1) -> int:
+    """`max_new_tokens`, or the default: `DEFAULT_CAPTION_TOKENS` capped by the decoder positions left after a
+    `prompt_length`-token prompt (the start token alone: 1)."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    positions = model.config.text_config.max_position_embeddings
+    return max(1, min(DEFAULT_CAPTION_TOKENS, positions - prompt_length))
+
+
+def generate_captions(
+    model,
+    processor,
+    images: Sequence,
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    num_beams: int = 1,
+    show_progress: bool = True,
+    **generate_kwargs,
+) -> list[str]:
+    """One caption per image by `model.generate` (greedy with `num_beams=1`), decoded without special tokens.
+
+    `images` is any sliceable sequence of PIL images (a list, or a `datasets` image column, decoded one batch at a
+    time); `processor` holds the image processor and the tokenizer (a `VLPProcessor`). `max_new_tokens` defaults to
+    `caption_token_budget(model)`; `generate_kwargs` go to `generate` (`do_sample`, `repetition_penalty`, ...).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    image_processor = getattr(processor, "image_processor", processor)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    device, dtype = _model_device(model), _model_dtype(model)
+    max_new_tokens = caption_token_budget(model, max_new_tokens)
+    captions = []
+    with _eval_mode(model), torch.no_grad():
+        for start in tqdm(range(0, len(images), batch_size), desc="Writing captions", disable=not show_progress):
+            batch = [image.convert("RGB") for image in images[start : start + batch_size]]
+            pixel_values = image_processor(images=batch, return_tensors="pt")["pixel_values"]
+            sequences = model.generate(
+                pixel_values=pixel_values.to(device=device, dtype=dtype), max_new_tokens=max_new_tokens,
+                num_beams=num_beams, **generate_kwargs,
+            )  # fmt: skip
+            captions.extend(text.strip() for text in tokenizer.batch_decode(sequences, skip_special_tokens=True))
+    if not captions:
+        raise ValueError("images is empty")
+    return captions
+
+
+def caption_references(eval_dataset) -> list[list[str]]:
+    """The reference captions of each row: its `captions` list when the dataset has one (empty lists fall back to
+    `caption`), else its `caption`."""
+    columns = eval_dataset.column_names
+    if "captions" not in columns and "caption" not in columns:
+        raise ValueError(f"eval_dataset needs a 'captions' (list) or 'caption' column, found {columns}")
+    if "captions" in columns:
+        singles = eval_dataset["caption"] if "caption" in columns else [None] * len(eval_dataset)
+        references = []
+        for index, (captions, caption) in enumerate(zip(eval_dataset["captions"], singles)):
+            refs = [text for text in (captions or []) if isinstance(text, str) and text.strip()] or (
+                [caption] if caption else []
+            )
+            if not refs:
+                raise ValueError(f"row {index} of eval_dataset has no reference caption (captions={captions!r})")
+            references.append(refs)
+        return references
+    return [[caption] for caption in eval_dataset["caption"]]
+
+
+def evaluate_captioning(
+    model,
+    processor,
+    eval_dataset,
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    num_beams: int = 1,
+    show_progress: bool = True,
+    meteor: bool | None = None,
+) -> dict[str, float]:
+    """COCO caption metrics (`caption_metrics`: `bleu_1` ... `bleu_4`, `cider`, and `meteor` with Java) of the
+    captions `generate_captions` writes for the `image` column of `eval_dataset`, against each row's references
+    (`caption_references`: its `captions` list, else its `caption`), plus `num_images`."""
+    if "image" not in eval_dataset.column_names:
+        raise ValueError(f"eval_dataset needs an 'image' column, found {eval_dataset.column_names}")
+    if len(eval_dataset) == 0:
+        raise ValueError("eval_dataset is empty")
+    references = caption_references(eval_dataset)
+    predictions = generate_captions(
+        model, processor, eval_dataset["image"], batch_size, max_new_tokens, num_beams, show_progress
+    )
+    metrics = caption_metrics(predictions, references, meteor=meteor)
+    metrics["num_images"] = float(len(predictions))
+    return metrics

@@ -1,4 +1,4 @@
-"""PNG reports of evaluations, drawn with PIL only: retrieval results, confusion matrices, VQA answers.
+"""PNG reports of evaluations, drawn with PIL only: retrieval results, confusion matrices, VQA answers, captions.
 
 Every function returns the PIL image and, given a `path`, saves it as PNG. The layout of what tests and tools may
 want to find again is kept in `image.info` (and in the PNG's text chunks): `"vlp_markers"` (retrieval / VQA: one
@@ -248,4 +248,48 @@ def vqa_grid(
     return retrieval_grid(images, captions, correct, path=path, title=title, text_width=text_width, numbered=False)
 
 
-__all__ = ["retrieval_grid", "confusion_matrix", "confusion_matrix_image", "vqa_grid"]
+def caption_grid(
+    images: Sequence,
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str] | str],
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    text_width: int = 520,
+) -> Image.Image:
+    """One row per image: the thumbnail, the generated caption (dark, prefixed "generated:") and its reference
+    captions below it (grey). `image.info["vlp_rows"]` holds `[y0, y1]` of each row."""
+    if not (len(images) == len(predictions) == len(references)):
+        raise ValueError(
+            f"images, predictions and references need one entry per image, got {len(images)}, {len(predictions)} and "
+            f"{len(references)}"
+        )
+    if len(images) == 0:
+        raise ValueError("images is empty")
+    font = _font()
+    chars = max(10, (text_width - 2 * _PAD) // 7)
+    rows = []
+    for prediction, refs in zip(predictions, references):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        lines = [(line, TEXT) for line in textwrap.wrap(f"generated: {prediction}", chars) or ["generated:"]]
+        for ref in refs:
+            lines += [(line, MUTED) for line in textwrap.wrap(f"- {ref}", chars, subsequent_indent="  ")]
+        rows.append(lines)
+    heights = [max(_THUMBNAIL, len(lines) * _LINE) + 2 * _PAD for lines in rows]
+    top = _PAD + (_LINE + _PAD if title else 0)
+    width = max(_PAD + _THUMBNAIL + _PAD + text_width, int(font.getlength(title or "")) + 2 * _PAD)
+    canvas = Image.new("RGB", (width, top + sum(heights)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((_PAD, _PAD), title, fill=TEXT, font=font)
+    spans, y = [], top
+    for image, lines, height in zip(images, rows, heights):
+        canvas.paste(_thumbnail(image), (_PAD, y + _PAD))
+        for index, (line, colour) in enumerate(lines):
+            draw.text((2 * _PAD + _THUMBNAIL, y + _PAD + index * _LINE), line, fill=colour, font=font)
+        spans.append([y, y + height])
+        y += height
+        draw.line([(0, y - 1), (width, y - 1)], fill=(225, 225, 225))
+    return _save(canvas, path, {"vlp_rows": spans})
+
+
+__all__ = ["retrieval_grid", "confusion_matrix", "confusion_matrix_image", "vqa_grid", "caption_grid"]

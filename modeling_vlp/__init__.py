@@ -35,6 +35,7 @@ from .modeling_unified import (
 )
 from .pipelines import (
     VLPImageTextRetrievalPipeline,
+    VLPImageTextToTextPipeline,
     VLPVisualQuestionAnsweringPipeline,
     VLPZeroShotImageClassificationPipeline,
 )

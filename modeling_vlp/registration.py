@@ -5,8 +5,8 @@ Two registrations happen: with the Auto mappings of this Python (so `AutoModel.f
 `register_for_auto_class` (so `save_pretrained` writes `auto_map` and copies the code files, and
 `trust_remote_code=True` loads a checkpoint where the package is not installed).
 
-The zero-shot image classification pipeline is replaced by a subclass that also knows our sigmoid-loss models
-(see `pipelines.py`); every other model gets the stock behaviour. The "image-text-retrieval" and
+The zero-shot image classification and image-text-to-text pipelines are replaced by subclasses that also know our
+sigmoid-loss dual encoders and our captioning models (see `pipelines.py`); every other model gets the stock behaviour. The "image-text-retrieval" and
 "visual-question-answering" pipelines are ours; the first loads its models through `AutoModelForImageTextRetrieval`.
 """
 

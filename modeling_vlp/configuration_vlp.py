@@ -16,6 +16,7 @@ TEXT_POOLINGS = ("eos", "argmax", "first", "last", "mean")
 FINAL_NORMS = ("pooled", "all", "none")
 PROJECTIONS = ("linear", "none")
 LOSS_TYPES = ("softmax", "sigmoid")
+INITIALIZER_STYLES = ("normal", "clip")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -38,6 +39,9 @@ class VLPVisionConfig(PreTrainedConfig):
     the embeddings before the encoder; `final_norm` applies the last LayerNorm to the pooled token only ("pooled",
     CLIP), to every token ("all", SigLIP / open_clip) or not at all. `pooling` is the first token ("cls"), the mean
     of the patch tokens ("mean") or a learned probe attending over all tokens ("attention", SigLIP's MAP head).
+    `initializer_style` sets how a tower trained from scratch starts: "normal" draws every linear weight from
+    N(0, initializer_range) (BERT, ViLT); "clip" scales the attention and MLP weights by width and depth as CLIP does
+    (q/k/v and fc2 std d^-0.5 (2L)^-0.5, out_proj d^-0.5, fc1 (2d)^-0.5), which trains markedly better from scratch.
     """
 
     model_type = "vlp_vision"
@@ -62,9 +66,11 @@ class VLPVisionConfig(PreTrainedConfig):
     final_norm: str = "pooled"
     pooling: str = "cls"
     initializer_range: float = 0.02
+    initializer_style: str = "normal"
 
     def validate_architecture(self):
         _check_heads(self.hidden_size, self.num_attention_heads)
+        _check_choice("initializer_style", self.initializer_style, INITIALIZER_STYLES)
         _check_choice("pooling", self.pooling, VISION_POOLINGS)
         _check_choice("final_norm", self.final_norm, FINAL_NORMS)
         if self.pooling == "cls" and not self.class_token:
@@ -85,6 +91,7 @@ class VLPTextConfig(PreTrainedConfig):
     ("eos"), the highest token id ("argmax", open_clip), the first ("first", BERT [CLS]) or last ("last", SigLIP)
     position, or the masked mean ("mean"). `type_vocab_size > 0` adds BERT token-type embeddings and
     `embedding_layernorm` BERT's LayerNorm on the embeddings; `final_layernorm` CLIP's LayerNorm after the encoder.
+    `initializer_style`: "normal" or "clip", as for `VLPVisionConfig`.
     """
 
     model_type = "vlp_text"
@@ -111,9 +118,11 @@ class VLPTextConfig(PreTrainedConfig):
     bos_token_id: int | None = 49406
     eos_token_id: int | None = 49407
     initializer_range: float = 0.02
+    initializer_style: str = "normal"
 
     def validate_architecture(self):
         _check_heads(self.hidden_size, self.num_attention_heads)
+        _check_choice("initializer_style", self.initializer_style, INITIALIZER_STYLES)
         _check_choice("pooling", self.pooling, TEXT_POOLINGS)
         if self.pooling == "eos" and self.eos_token_id is None:
             raise ValueError("`pooling='eos'` needs an `eos_token_id`.")
@@ -572,12 +581,12 @@ class VLPCaptioningConfig(PreTrainedConfig):
 _CLIP_TEXT = dict(
     vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
     max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, causal=True, pooling="eos",
-    pad_token_id=1, bos_token_id=49406, eos_token_id=49407,
+    pad_token_id=1, bos_token_id=49406, eos_token_id=49407, initializer_style="clip",
 )  # fmt: skip
 _CLIP_VISION = dict(
     image_size=224, patch_size=32, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
     num_attention_heads=12, hidden_act="quick_gelu", layer_norm_eps=1e-5, class_token=True, patch_bias=False,
-    pre_layernorm=True, final_norm="pooled", pooling="cls",
+    pre_layernorm=True, final_norm="pooled", pooling="cls", initializer_style="clip",
 )  # fmt: skip
 _SIGLIP_VISION = dict(
     image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,

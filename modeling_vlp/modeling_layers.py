@@ -171,6 +171,23 @@ class VLPTransformerLayer(GradientCheckpointingLayer):
         self.mlp = VLPMLP(hidden_size, config.intermediate_size, config.hidden_act)
         self.layer_norm2 = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))
+        if getattr(config, "initializer_style", "normal") == "clip":
+            self._set_clip_init_stds(config.num_hidden_layers)
+
+    def _set_clip_init_stds(self, num_layers: int) -> None:
+        """CLIP's width- and depth-scaled init (transformers' `CLIPPreTrainedModel._init_weights`), read by
+        `VLPPreTrainedModel._init_weights` from each Linear's `init_std` (the layer itself holds no parameters, so
+        its own init hook would not run for remote code)."""
+        depth_scale = (2 * num_layers) ** -0.5
+        for attention in (self.self_attn, self.cross_attn):
+            if attention is None:
+                continue
+            for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+                projection.init_std = attention.embed_dim**-0.5 * depth_scale
+            attention.out_proj.init_std = attention.embed_dim**-0.5
+        hidden_size = self.mlp.fc1.in_features
+        self.mlp.fc1.init_std = (2 * hidden_size) ** -0.5
+        self.mlp.fc2.init_std = hidden_size**-0.5 * depth_scale
 
     def _residual(self, hidden_states, norm, block, *args, **kwargs):
         if self.pre_norm:
@@ -525,7 +542,7 @@ class VLPPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         std = getattr(self.config, "initializer_range", 0.02)
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=getattr(module, "init_std", None) or std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):

@@ -539,3 +539,31 @@ def test_unknown_preset_lists_the_known_names():
         get_preset_config("clip-vit-z-99")
     for name in preset_names():
         assert name in str(error.value)
+
+
+def test_clip_presets_start_from_clips_scaled_init():
+    """From scratch, a CLIP-shaped preset draws its attention and MLP weights as transformers' CLIPModel does (width-
+    and depth-scaled); with N(0, 0.02) everywhere the same recipe trained to a third of CLIP's retrieval on real data
+    (benchmarks/real_data.py). BERT-style towers keep N(0, initializer_range)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    shapes = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4)
+    config = get_preset_config("dual-small")
+    torch.manual_seed(0)
+    ours = dict(VLPDualEncoderModel(config).named_parameters())
+    torch.manual_seed(0)
+    reference = dict(CLIPModel(CLIPConfig(
+        vision_config=dict(shapes, image_size=64, patch_size=8),
+        text_config=dict(shapes, vocab_size=1000, max_position_embeddings=32, bos_token_id=2, eos_token_id=3),
+        projection_dim=128,
+    )).named_parameters())  # fmt: skip
+    checked = 0
+    for name, parameter in reference.items():
+        if ".layers." not in name or parameter.ndim != 2:
+            continue
+        expected, got = parameter.std().item(), ours[name].std().item()
+        assert got == pytest.approx(expected, rel=0.1), name
+        checked += 1
+    assert checked == 2 * 4 * 6
+    bert_style = VLPTextModel(VLPTextConfig(**{**shapes, "pre_norm": False, "causal": False, "pooling": "first"}))
+    assert bert_style.encoder.layers[0].mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.1)

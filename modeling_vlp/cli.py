@@ -2,10 +2,11 @@
 
     vlp pretrain --family dual --output-dir runs/x [options]   pretrain a model, evaluate it, save it
     vlp finetune --task vqa --model runs/x --output-dir runs/y  fine-tune a pretrained model for VQA
+    vlp evaluate --model runs/x --task retrieval                evaluate a saved model, print JSON, write a PNG
     vlp push runs/x namespace/name                              push a saved folder to the Hub with a model card
     vlp <command> --help                                        the options of one command
 
-Each command is a function `argv -> exit status` in `COMMANDS`; `evaluate`, `convert` and `push` go next to
+Each command is a function `argv -> exit status` in `COMMANDS`; a `convert` command would go next to
 `pretrain` the same way.
 """
 
@@ -54,6 +55,20 @@ def _evaluate_fusion(model, processor, eval_dataset, batch_size: int) -> dict[st
     return evaluate_fusion_retrieval(model, processor, eval_dataset, batch_size=batch_size, show_progress=False)
 
 
+def _evaluate_captioning(model, processor, eval_dataset, batch_size: int) -> dict[str, float]:
+    """Greedy captions of the held-out images scored against their reference captions (BLEU, CIDEr), with a few
+    examples in the log."""
+    from .evaluation import caption_metrics, caption_references, generate_captions
+
+    references = caption_references(eval_dataset)
+    predictions = generate_captions(model, processor, eval_dataset["image"], batch_size, show_progress=False)
+    for prediction, refs in list(zip(predictions, references))[:CAPTION_EXAMPLES]:
+        logger.info("Caption: %r; references: %s", prediction, refs)
+    metrics = caption_metrics(predictions, references)
+    metrics["num_images"] = float(len(predictions))
+    return metrics
+
+
 def _tower_overrides(args: "PretrainArguments", base) -> dict:
     """Overrides of the image and text towers (dual and fusion families)."""
     vision = {"image_size": args.image_size, "patch_size": args.patch_size, "num_hidden_layers": args.vision_layers}
@@ -96,6 +111,27 @@ def _dual_overrides(args: "PretrainArguments", base, tokenizer) -> dict:
     return overrides
 
 
+def _captioning_overrides(args: "PretrainArguments", base, tokenizer) -> dict:
+    """The dual family's tower overrides, the text tower being the decoder; its start, end and padding tokens come
+    from the tokenizer (a caption is bos, words, eos)."""
+    towers = _tower_overrides(args, base)
+    if tokenizer is not None:
+        towers["text_config"].update(_tokenizer_fields(tokenizer))
+    overrides = {name: {k: v for k, v in tower.items() if v is not None} for name, tower in towers.items()}
+    if args.projection_dim is not None:
+        overrides["projection_dim"] = args.projection_dim
+    return overrides
+
+
+def _check_captioning_objectives(config, objectives) -> None:
+    if "itc" in objectives and config.projection_dim is None:
+        raise ValueError(
+            "--objectives itc needs a contrastive head, but this captioning config has projection_dim=None: train "
+            "with --objectives lm, or use --preset coca-small (or set --projection-dim with a preset that has "
+            "unimodal text layers)."
+        )
+
+
 def _unified_overrides(args: "PretrainArguments", base, tokenizer) -> dict:
     overrides = {
         "image_size": args.image_size, "patch_size": args.patch_size, "num_hidden_layers": args.layers,
@@ -123,6 +159,10 @@ class Family:
     evaluate: Callable  # (model, processor, eval_dataset, batch_size) -> flat dict of floats
     # Command-line options that have no meaning for the family (named in the error when given).
     unused_options: tuple[str, ...] = ()
+    # Preset config -> default objectives, when they depend on the preset (CoCa presets add itc to lm).
+    preset_objectives: Callable | None = None
+    # (config, objectives) -> None; raises before training for objectives the config cannot train.
+    check_objectives: Callable | None = None
 
 
 def _lazy_class(module: str, name: str) -> Callable[[], type]:
@@ -176,7 +216,27 @@ FAMILIES: dict[str, Family] = {
         evaluate=_evaluate_fusion,
         unused_options=("layers", "width", "heads", "loss_type"),
     ),
+    "captioning": Family(
+        model_type="vlp_captioning",
+        default_preset="captioning-small",
+        default_objectives=("lm",),
+        model_class=_lazy_class("modeling_captioning", "VLPForConditionalGeneration"),
+        question_answering_class=None,
+        config_overrides=_captioning_overrides,
+        image_size=lambda config: config.vision_config.image_size,
+        max_text_length=lambda config: config.text_config.max_position_embeddings,
+        evaluate=_evaluate_captioning,
+        unused_options=(
+            "layers", "width", "heads", "fusion_layers", "loss_type", "mlm_probability", "mim_ratio",
+            "momentum_distill",
+        ),
+        preset_objectives=lambda config: ("itc", "lm") if config.projection_dim is not None else ("lm",),
+        check_objectives=_check_captioning_objectives,
+    ),  # fmt: skip
 }
+
+# Generated captions shown in the log after a captioning run.
+CAPTION_EXAMPLES = 3
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -238,8 +298,8 @@ class PretrainArguments:
     objectives: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Objectives to train, space- or comma-separated (itc; itm, mlm, mim). Default: the family's "
-            "(dual: itc; unified: itm mlm)."
+            "help": "Objectives to train, space- or comma-separated (itc; itm, mlm, mim; lm). Default: the family's "
+            "(dual: itc; unified: itm mlm; captioning: lm, with a CoCa preset such as coca-small: itc lm)."
         },
     )
     objective_weights: list[str] = field(
@@ -282,6 +342,21 @@ class PretrainArguments:
     )
     sample_captions: bool = field(
         default=True, metadata={"help": "Train on a random one of each image's captions when a `captions` list exists."}
+    )
+    random_crop_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Train-time augmentation: each training image becomes a random crop covering at least this share "
+            "of its area (aspect 3/4 to 4/3, torchvision's RandomResizedCrop), e.g. 0.5. Default: whole images."
+        },
+    )
+    text_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dual family: start the text tower from this pretrained model folder (any transformers text "
+            "model, e.g. MiniLM / BERT; LiT / ALIGN-style) and use its tokenizer (unless --tokenizer). The image "
+            "tower comes from the preset and its overrides; --max-text-length truncates captions."
+        },
     )
 
 
@@ -454,10 +529,47 @@ def check_family_options(args: PretrainArguments, family_name: str) -> None:
 
 
 def build_config(args: PretrainArguments, preset: str, tokenizer=None, family: str | None = None):
-    """The preset's config with the command line's overrides and, given a tokenizer, its vocabulary and ids."""
+    """The preset's config with the command line's overrides and, given a tokenizer, its vocabulary and ids. With
+    `--text-model` the text tower is that model's config instead of the preset's."""
     base = get_preset_config(preset)
     family = family or args.family
-    return get_preset_config(preset, **FAMILIES[family].config_overrides(args, base, tokenizer))
+    overrides = FAMILIES[family].config_overrides(args, base, tokenizer)
+    if args.text_model is not None:
+        overrides["text_config"] = AutoConfig.from_pretrained(args.text_model)
+    return get_preset_config(preset, **overrides)
+
+
+def _check_text_model_options(args: PretrainArguments) -> None:
+    if args.text_model is None:
+        return
+    if args.family != "dual":
+        raise ValueError(f"--text-model applies to the 'dual' family only, got --family {args.family!r}.")
+    given = [name for name in ("text_layers", "text_width", "text_heads") if getattr(args, name) is not None]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"{options} cannot change the pretrained text tower of --text-model {args.text_model!r}.")
+
+
+def build_text_model_processor(args: PretrainArguments, image_size: int, max_text_length: int | None):
+    """The processor of a run with `--text-model`: the pretrained tower's own tokenizer (or `--tokenizer`),
+    truncating at `max_text_length` (saved as its `model_max_length`, so evaluation and reloads truncate alike)."""
+    tokenizer_args = PretrainArguments(tokenizer=args.tokenizer or args.text_model)
+    processor = build_processor(tokenizer_args, None, image_size, max_text_length or 0)
+    if max_text_length is not None:
+        processor.tokenizer.model_max_length = min(max_text_length, processor.tokenizer.model_max_length)
+    return processor
+
+
+def build_model_with_text_model(config, text_model_path: str):
+    """A dual encoder whose text tower is loaded from `text_model_path` (weights kept; the image tower, the
+    projections and the temperature freshly initialised), as `VLPDualEncoderModel.from_vision_text_pretrained`."""
+    from .modeling_dual_encoder import VLPTextModel, _load_tower
+
+    text_model = _load_tower(text_model_path, VLPTextModel)
+    config.text_config = text_model.config
+    # The tower's own attention implementation: a config left at None makes BERT ignore its padding mask.
+    config.text_config._attn_implementation = text_model.config._attn_implementation
+    return VLPDualEncoderModel(config, text_model=text_model)
 
 
 def held_out_split(splits, num_validation: int, seed: int):
@@ -575,6 +687,19 @@ def _finish(trainer, model, output_dir: str, evaluate: Callable[[], dict[str, fl
     return 0
 
 
+def _check_decoder_objectives(family_name: str, objectives) -> None:
+    """The captioning objective on a family without a text decoder: say which family has one (the trainer would
+    only say that the objective is unknown to the model, after the tokenizer is trained)."""
+    from .trainer import OBJECTIVES
+
+    if "lm" in objectives and "lm" not in OBJECTIVES.get(FAMILIES[family_name].model_type, {}):
+        raise ValueError(
+            f"--objectives {','.join(objectives)}: 'lm' (captioning) needs a text decoder, which the {family_name!r} "
+            "family does not have; use --family captioning --preset coca-small (CoCa: itc and lm in one model), or "
+            "--family captioning alone for lm."
+        )
+
+
 def _is_finished(resume_from: str | None, training_args: TrainingArguments) -> bool:
     # transformers' Trainer resumed from a checkpoint at max_steps still takes one more step: skip training instead.
     return resume_from is not None and 0 < training_args.max_steps <= checkpoint_step(resume_from)
@@ -593,9 +718,15 @@ def pretrain(argv: Sequence[str]) -> int:
         # refuses unless told to look for unused parameters.
         training_args.ddp_find_unused_parameters = True
     check_family_options(args, args.family)
+    _check_text_model_options(args)
     preset = args.preset or family.default_preset
+    default_objectives = family.default_objectives
+    if family.preset_objectives is not None and not args.objectives:
+        default_objectives = family.preset_objectives(get_preset_config(preset))
+    objectives = parse_objective_weights(args.objectives or default_objectives, args.objective_weights)
+    _check_decoder_objectives(args.family, objectives)
     objective_args = VLPObjectiveArguments(
-        objectives=parse_objective_weights(args.objectives or family.default_objectives, args.objective_weights),
+        objectives=objectives,
         local_loss=args.local_loss,
         gather_with_grad=args.gather_with_grad,
         itm_negative_ratio=args.itm_negative_ratio,
@@ -610,6 +741,8 @@ def pretrain(argv: Sequence[str]) -> int:
 
     logger.info("vlp pretrain: family %s, preset %s, output %s", args.family, preset, output_dir)
     config = build_config(args, preset)
+    if family.check_objectives is not None:
+        family.check_objectives(config, objective_args.objectives)
     image_size = family.image_size(config)
     regions = _uses_regions(config)
     train_dataset, eval_dataset = load_datasets(
@@ -617,10 +750,12 @@ def pretrain(argv: Sequence[str]) -> int:
     )
     logger.info("Data: %d training and %d evaluation examples.", len(train_dataset), len(eval_dataset))
 
-    processor = _prepare_processor(
-        training_args, resume_from,
-        lambda: build_processor(args, train_dataset, image_size, family.max_text_length(config), not regions),
-    )  # fmt: skip
+    def build():
+        if args.text_model is not None:
+            return build_text_model_processor(args, image_size, args.max_text_length)
+        return build_processor(args, train_dataset, image_size, family.max_text_length(config), not regions)
+
+    processor = _prepare_processor(training_args, resume_from, build)
     tokenizer = processor.tokenizer
     config = build_config(args, preset, tokenizer)
     max_text_length = min(family.max_text_length(config), tokenizer.model_max_length)
@@ -631,14 +766,20 @@ def pretrain(argv: Sequence[str]) -> int:
         model = family.model_class().from_pretrained(resume_from)
     else:
         torch.manual_seed(training_args.seed)
-        model = family.model_class()(config)
+        if args.text_model is not None:
+            model = build_model_with_text_model(config, args.text_model)
+        else:
+            model = family.model_class()(config)
     resolve_objectives(model, objective_args)  # fail before training when the family lacks an objective
     logger.info(
         "Model: %s (%s), %.2fM parameters; objectives %s.",
         type(model).__name__, preset, sum(p.numel() for p in model.parameters()) / 1e6, objective_args.objectives,
     )  # fmt: skip
-    collator_args = dict(sample_captions=args.sample_captions, max_length=max_text_length, seed=training_args.seed)
-    if args.family == "dual":
+    collator_args = dict(
+        sample_captions=args.sample_captions, max_length=max_text_length, seed=training_args.seed,
+        random_crop_scale=args.random_crop_scale,
+    )  # fmt: skip
+    if args.family in ("dual", "captioning"):  # image-caption pairs; the lm objective makes its labels
         collator = VLPCollator(processor, **collator_args)
     else:
         collator = VLPPretrainingCollator(
@@ -750,22 +891,12 @@ def load_vqa_datasets(args: FinetuneArguments, image_size: int, seed: int):
     return held_out_split(splits, args.num_validation, seed)
 
 
-def vqa_compute_metrics(eval_prediction) -> dict[str, float]:
-    """VQA accuracy from the Trainer's predictions: the soft score min(#annotators / 3, 1) of the argmax answer,
-    which is what the collator's `labels` hold (the official leave-one-out figure, `evaluate_vqa`, is reported
-    after training: 0.3 / 0.6 / 0.9 where this gives 0.33 / 0.67 / 1 for 1 / 2 / 3 annotators)."""
-    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
-    logits = logits[0] if isinstance(logits, tuple) else logits
-    chosen = logits.argmax(axis=-1)
-    return {"vqa_accuracy": float(100 * labels[range(len(chosen)), chosen].mean())}
-
-
 def finetune(argv: Sequence[str]) -> int:
     from transformers import Trainer
 
     from .collators import VLPQuestionAnsweringCollator
     from .data import vqa_answer_vocabulary
-    from .evaluation import evaluate_vqa
+    from .evaluation import evaluate_vqa, vqa_compute_metrics
 
     push_args, argv = split_push_arguments(argv)
     args, training_args = _finetune_parser().parse_args_into_dataclasses(args=argv)
@@ -860,9 +991,16 @@ def _push(argv: Sequence[str]) -> int:
     return push_command(argv)
 
 
+def _evaluate(argv: Sequence[str]) -> int:
+    from .evaluate_command import evaluate_command
+
+    return evaluate_command(argv)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "pretrain": (pretrain, "pretrain a model on image-text pairs, evaluate it and save it"),
     "finetune": (finetune, "fine-tune a pretrained model for a downstream task (vqa), evaluate it and save it"),
+    "evaluate": (_evaluate, "evaluate a saved model (retrieval, zero-shot, vqa, captioning) and write a JSON + PNG report"),
     "push": (_push, "push a saved folder to the Hugging Face Hub with a generated model card"),
 }
 

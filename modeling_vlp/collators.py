@@ -7,6 +7,7 @@ workers. `VLPCollator` makes image-text pairs (dual encoders); `VLPPretrainingCo
 MIM (and region inputs) for single-stream and fusion models; `VLPQuestionAnsweringCollator` makes VQA batches.
 """
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from .data import read_region_column
 from .evaluation import normalize_vqa_answer
 from .masking import mask_tokens_for_mlm, patch_valid_mask, random_patch_mask, random_region_mask
+from .processors.image_processing_vlp import load_image
 
 
 class VLPCollator:
@@ -39,8 +41,12 @@ class VLPCollator:
             `None` leaves it to the tokenizer's `model_max_length`.
         padding (`bool` or `str`, defaults to `True`): Tokenizer padding (`True` pads to the longest in the batch).
         passthrough_columns (`Sequence[str]`, defaults to `("image_id",)`): Integer columns returned as tensors.
-        seed (`int`, defaults to 0): Seed of the caption sampler. In `DataLoader` workers each worker draws from its
-            own stream, seeded by `seed` and the worker id.
+        seed (`int`, defaults to 0): Seed of the caption sampler and of the crops. In `DataLoader` workers each
+            worker draws from its own stream, seeded by `seed` and the worker id.
+        random_crop_scale (`float`, *optional*): Train-time augmentation: replace each image by a random crop
+            covering between this share of its area and all of it, with an aspect ratio between 3/4 and 4/3
+            (torchvision's `RandomResizedCrop`), before the processor resizes it. `None` (the default) keeps whole
+            images, as evaluation must.
     """
 
     def __init__(
@@ -54,7 +60,11 @@ class VLPCollator:
         padding: bool | str = True,
         passthrough_columns: Sequence[str] = ("image_id",),
         seed: int = 0,
+        random_crop_scale: float | None = None,
     ):
+        if random_crop_scale is not None and not 0.0 < random_crop_scale <= 1.0:
+            raise ValueError(f"random_crop_scale must be in (0, 1] (None disables it), got {random_crop_scale}.")
+        self.random_crop_scale = random_crop_scale
         self.processor = processor
         self.image_column = image_column
         self.text_column = text_column
@@ -93,7 +103,13 @@ class VLPCollator:
                 f"Rows {missing[:5]} of the batch have no {self.image_column!r} column (image_column); "
                 f"row {missing[0]} has {sorted(rows[missing[0]])}. Pass remove_unused_columns=False to the Trainer."
             )
-        return {"images": [row[self.image_column] for row in rows]}
+        images = [row[self.image_column] for row in rows]
+        if self.random_crop_scale is not None:
+            images = [
+                random_resized_crop(load_image(image, index), self.random_crop_scale, self._generator)
+                for index, image in enumerate(images)
+            ]
+        return {"images": images}
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -109,6 +125,25 @@ class VLPCollator:
             if all(column in row and row[column] is not None for row in rows):
                 batch[column] = torch.tensor([row[column] for row in rows], dtype=torch.long)
         return batch
+
+
+def random_resized_crop(image, min_scale: float, generator: torch.Generator, ratio=(3 / 4, 4 / 3)):
+    """A random crop of a PIL image covering a share in [min_scale, 1] of its area with an aspect ratio in `ratio`
+    (log-uniform), drawn as torchvision's `RandomResizedCrop.get_params`: ten tries, then the whole image."""
+    width, height = image.size
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        draws = torch.rand(2, generator=generator).tolist()
+        target_area = area * (min_scale + (1.0 - min_scale) * draws[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
+        crop_width = round(math.sqrt(target_area * aspect))
+        crop_height = round(math.sqrt(target_area / aspect))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            left = int(torch.randint(width - crop_width + 1, (), generator=generator))
+            top = int(torch.randint(height - crop_height + 1, (), generator=generator))
+            return image.crop((left, top, left + crop_width, top + crop_height))
+    return image
 
 
 _VISUAL_INPUTS = ("patches", "regions")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub import HfApi
-from PIL import Image
 from transformers import pipeline
 
 import modeling_vlp  # noqa: F401  (registers the pipelines)
@@ -20,9 +19,10 @@ from modeling_vlp import (
     VLPVisualQuestionAnsweringPipeline,
     get_preset_config,
 )
-from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
+from modeling_vlp.processors import VLPImageProcessor, VLPProcessor
 
 from hub_server import DEFAULT_TOKEN
+from vlp_testing import make_image, perturb, tiny_processor
 
 
 pytestmark = [
@@ -38,26 +38,14 @@ ANSWERS = ["red", "green", "blue", "yes", "no"]
 ID2LABEL = dict(enumerate(ANSWERS))
 
 
-def make_image(seed: int, size=(40, 48)) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
-
 
 IMAGES = [make_image(seed) for seed in range(len(QUESTIONS))]
 
 
-def perturb(model, std: float = 0.3):
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * std)
-    return model.eval()
-
 
 @pytest.fixture(scope="module")
 def processor():
-    tokenizer = VLPTokenizer.train_from_iterator(CAPTIONS, vocab_size=60, model_type="bpe", model_max_length=16)
-    image_processor = VLPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return VLPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return tiny_processor(CAPTIONS)
 
 
 def build(processor, kind: str):

@@ -1,0 +1,28 @@
+"""Small helpers shared by the pipeline tests."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
+
+
+def make_image(seed: int, size=(40, 48)) -> Image.Image:
+    """A random RGB image of `size` (height, width)."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
+
+
+def perturb(model, std: float = 0.3):
+    """Spread the outputs of a freshly initialised model (and make wrong weights show); returns it in eval mode."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * std)
+    return model.eval()
+
+
+def tiny_processor(captions) -> VLPProcessor:
+    """A 60-piece tokenizer trained on `captions` (16 tokens at most) and a 32-pixel image processor."""
+    tokenizer = VLPTokenizer.train_from_iterator(captions, vocab_size=60, model_type="bpe", model_max_length=16)
+    image_processor = VLPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return VLPProcessor(image_processor=image_processor, tokenizer=tokenizer)

@@ -279,14 +279,14 @@ def build_openclipart_dataset(
 # --------------------------------------------------------------------------------------------------------------
 
 RUN_LABELS = {
-    "ours": "ours (vlp pretrain + recipe options)",
-    "ours_defaults": "ours (vlp pretrain defaults)",
+    "ours": "ours (vlp pretrain)",
+    "ours_crop": "ours + random crops (--recipe-args)",
     "clip": "CLIPModel + Trainer",
-    "ours_clip_init": "ours from CLIPModel's initial weights (+ recipe options)",
-    "ours_minilm": "ours + MiniLM text tower (+ recipe options)",
+    "ours_clip_init": "ours from CLIPModel's initial weights",
+    "ours_minilm": "ours + MiniLM text tower (--text-model)",
     "vtde_minilm": "VisionTextDualEncoder + MiniLM",
 }
-# `vlp pretrain` options of the "ours" runs on top of its defaults (--recipe-args replaces them).
+# `vlp pretrain` options of the "ours_crop" run on top of its defaults (--recipe-args replaces them).
 RECIPE_ARGS = "--random-crop-scale 0.5"
 
 
@@ -621,7 +621,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--minilm-learning-rate", type=float, default=5e-4,
                         help="Peak learning rate of the MiniLM pair (both runs): the pretrained tower is fine-tuned.")
     parser.add_argument("--recipe-args", default=RECIPE_ARGS,
-                        help=f"`vlp pretrain` options of the 'ours' runs beyond its defaults (default: {RECIPE_ARGS!r}).")
+                        help=f"`vlp pretrain` options of the 'ours_crop' run beyond its defaults (default: {RECIPE_ARGS!r}).")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (1: fastest for these small models on a shared CPU).")
     parser.add_argument("--svg-root", default=SVG_ROOT)
@@ -668,13 +668,12 @@ def main(argv=None) -> dict:
     common = dict(image_size=args.image_size, max_text_length=args.max_text_length, preset=args.preset)
     recipe = shlex.split(args.recipe_args)
     launchers = {
-        "ours": lambda out: run_ours(data_dir, out, budget, tokenizer_dir=tokenizer_dir, extra_argv=recipe, **common),
-        "ours_defaults": lambda out: run_ours(data_dir, out, budget, tokenizer_dir=tokenizer_dir, **common),
+        "ours": lambda out: run_ours(data_dir, out, budget, tokenizer_dir=tokenizer_dir, **common),
+        "ours_crop": lambda out: run_ours(data_dir, out, budget, tokenizer_dir=tokenizer_dir, extra_argv=recipe, **common),
         "clip": lambda out: run_clip(data_dir, out, budget, tokenizer_dir=tokenizer_dir, **common),
         "ours_clip_init": lambda out: run_ours_from_clip_init(data_dir, out, budget, tokenizer_dir=tokenizer_dir,
-                                                              extra_argv=recipe, **common),
-        "ours_minilm": lambda out: run_ours(data_dir, out, minilm_budget, text_model=text_model, extra_argv=recipe,
-                                            **common),
+                                                              **common),
+        "ours_minilm": lambda out: run_ours(data_dir, out, minilm_budget, text_model=text_model, **common),
         "vtde_minilm": lambda out: run_vision_text_dual_encoder(data_dir, out, minilm_budget, text_model=text_model,
                                                                 **common),
     }  # fmt: skip

@@ -134,13 +134,14 @@ def test_benchmark_harness_end_to_end(svg_root, dataset, tmp_path):
     summary = real_data.main([
         "--steps", "3", "--batch-size", "2", "--image-size", "32", "--preset", "dual-tiny", "--max-text-length", "16",
         "--vocab-size", "40", "--data-dir", dataset["dir"], "--output-dir", output, "--skip-minilm",
-        "--runs", "ours,clip,ours_clip_init",
+        "--runs", "ours,ours_crop,clip,ours_clip_init",
     ])  # fmt: skip
-    assert list(summary["results"]) == ["ours", "clip", "ours_clip_init"]
+    assert list(summary["results"]) == ["ours", "ours_crop", "clip", "ours_clip_init"]
     for result in summary["results"].values():
         assert result["metrics"]["num_images"] == 2
         assert len(result["losses"]) == 3 and result["train_runtime"] > 0
-    assert "--random-crop-scale" in summary["results"]["ours"]["command"]
+    assert "--random-crop-scale" in summary["results"]["ours_crop"]["command"]
+    assert "--random-crop-scale" not in summary["results"]["ours"]["command"]
     # The baseline reads the shared tokenizer's vocabulary and ids and pools the text at its eos token.
     with open(os.path.join(output, "tokenizer", "tokenizer_config.json")) as handle:
         assert "VLPTokenizer" in handle.read()

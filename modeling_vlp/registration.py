@@ -6,8 +6,9 @@ Two registrations happen: with the Auto mappings of this Python (so `AutoModel.f
 `trust_remote_code=True` loads a checkpoint where the package is not installed).
 
 The zero-shot image classification and image-text-to-text pipelines are replaced by subclasses that also know our
-sigmoid-loss dual encoders and our captioning models (see `pipelines.py`); every other model gets the stock behaviour. The "image-text-retrieval" and
-"visual-question-answering" pipelines are ours; the first loads its models through `AutoModelForImageTextRetrieval`.
+sigmoid-loss dual encoders and our captioning models (see `pipelines.py`); every other model gets the stock
+behaviour. The "image-text-retrieval" and "visual-question-answering" pipelines are ours; the first loads its models
+through `AutoModelForImageTextRetrieval`.
 """
 
 from collections import OrderedDict

@@ -199,8 +199,10 @@ def test_bad_input_is_a_one_line_error(saved, local_data, tmp_path, capsys):
 
 
 def test_the_task_table_names_each_family():
-    assert set(TASKS) == {"retrieval", "zero-shot", "vqa"}
-    assert tasks_by_family() == "dual: retrieval, zero-shot; unified: retrieval, vqa; fusion: retrieval, zero-shot, vqa"
+    assert set(TASKS) == {"retrieval", "zero-shot", "vqa", "captioning"}
+    assert tasks_by_family() == (
+        "dual: retrieval, zero-shot; unified: retrieval, vqa; fusion: retrieval, zero-shot, vqa; captioning: captioning"
+    )
 
 
 def test_an_empty_split_is_named(saved, tmp_path, capsys, monkeypatch):

@@ -137,7 +137,7 @@ def _generate(model, use_cache, seed=0, **kwargs):
     "strategy", [dict(), dict(num_beams=3), dict(num_beams=2, num_return_sequences=2), dict(do_sample=True, top_k=0)]
 )
 def test_cached_and_uncached_generation_give_the_same_tokens(strategy):
-    model = tiny_model(**coca_overrides())
+    model = tiny_model(seed=3, **coca_overrides())  # a seed whose greedy and beam captions vary (checked below)
     cached = _generate(model, True, **strategy)
     uncached = _generate(model, False, **strategy)
     assert torch.equal(cached, uncached)

@@ -79,6 +79,18 @@ def _split_entry(entry) -> tuple[str, float | None]:
     return str(text), None if score is None else float(score)
 
 
+def _thumbnail_rows_canvas(font, title: str | None, heights: Sequence[int], text_width: int):
+    """A blank canvas for rows of a thumbnail and text (`heights` each), under an optional title line; returns the
+    canvas, its drawing context and the y of the first row."""
+    top = _PAD + (_LINE + _PAD if title else 0)
+    width = max(_PAD + _THUMBNAIL + _PAD + text_width, int(font.getlength(title or "")) + 2 * _PAD)
+    canvas = Image.new("RGB", (width, top + sum(heights)), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((_PAD, _PAD), title, fill=TEXT, font=font)
+    return canvas, draw, top
+
+
 def retrieval_grid(
     images: Sequence,
     ranked_captions: Sequence[Sequence],
@@ -121,12 +133,7 @@ def retrieval_grid(
         rows.append(lines)
 
     heights = [max(_THUMBNAIL, sum(len(wrapped) * _LINE + 4 for wrapped, _ in lines)) + 2 * _PAD for lines in rows]
-    top = _PAD + (_LINE + _PAD if title else 0)
-    width = max(_PAD + _THUMBNAIL + _PAD + text_width, int(font.getlength(title or "")) + 2 * _PAD)
-    canvas = Image.new("RGB", (width, top + sum(heights)), BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((_PAD, _PAD), title, fill=TEXT, font=font)
+    canvas, draw, top = _thumbnail_rows_canvas(font, title, heights, text_width)
     markers, y = [], top
     for image, lines, height in zip(images, rows, heights):
         canvas.paste(_thumbnail(image), (_PAD, y + _PAD))
@@ -139,7 +146,7 @@ def retrieval_grid(
                 line_y += _LINE
             line_y += 4
         y += height
-        draw.line([(0, y - 1), (width, y - 1)], fill=(225, 225, 225))
+        draw.line([(0, y - 1), (canvas.width, y - 1)], fill=(225, 225, 225))
     return _save(canvas, path, {"vlp_markers": markers})
 
 
@@ -275,12 +282,7 @@ def caption_grid(
             lines += [(line, MUTED) for line in textwrap.wrap(f"- {ref}", chars, subsequent_indent="  ")]
         rows.append(lines)
     heights = [max(_THUMBNAIL, len(lines) * _LINE) + 2 * _PAD for lines in rows]
-    top = _PAD + (_LINE + _PAD if title else 0)
-    width = max(_PAD + _THUMBNAIL + _PAD + text_width, int(font.getlength(title or "")) + 2 * _PAD)
-    canvas = Image.new("RGB", (width, top + sum(heights)), BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((_PAD, _PAD), title, fill=TEXT, font=font)
+    canvas, draw, top = _thumbnail_rows_canvas(font, title, heights, text_width)
     spans, y = [], top
     for image, lines, height in zip(images, rows, heights):
         canvas.paste(_thumbnail(image), (_PAD, y + _PAD))
@@ -288,7 +290,7 @@ def caption_grid(
             draw.text((2 * _PAD + _THUMBNAIL, y + _PAD + index * _LINE), line, fill=colour, font=font)
         spans.append([y, y + height])
         y += height
-        draw.line([(0, y - 1), (width, y - 1)], fill=(225, 225, 225))
+        draw.line([(0, y - 1), (canvas.width, y - 1)], fill=(225, 225, 225))
     return _save(canvas, path, {"vlp_rows": spans})
 
 

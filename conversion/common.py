@@ -161,6 +161,19 @@ def load_state_dict_file(path: str) -> dict[str, torch.Tensor]:
     return state_dict
 
 
+# A transformers BERT layer's weights (anchored by the caller's prefix rules) -> a post-norm `VLPTransformerLayer`'s.
+BERT_LAYER_RULES = (
+    (r"\.attention\.self\.query\.", ".self_attn.q_proj."),
+    (r"\.attention\.self\.key\.", ".self_attn.k_proj."),
+    (r"\.attention\.self\.value\.", ".self_attn.v_proj."),
+    (r"\.attention\.output\.dense\.", ".self_attn.out_proj."),
+    (r"\.attention\.output\.LayerNorm\.", ".layer_norm1."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+    (r"\.output\.LayerNorm\.", ".layer_norm2."),
+)
+
+
 def rename_keys(state_dict: dict[str, torch.Tensor], rules: Iterable[tuple[str, str]]) -> dict[str, torch.Tensor]:
     """Apply every `(regex, replacement)` rule, in order, to every key. Keys no rule touches keep their name (the
     strict load reports them if they are not ours)."""

@@ -29,20 +29,14 @@ TOKENIZER_FILES = (*common.TOKENIZER_FILES, "vocab.txt")
 NUM_CAPTIONS = 4
 GENERATED_TOKENS = 8
 
+# BLIP's decoder layers: BERT's, plus a cross-attention block (renamed first: its names contain BERT's).
 _BERT_LAYER = (
     (r"\.crossattention\.self\.query\.", ".cross_attn.q_proj."),
     (r"\.crossattention\.self\.key\.", ".cross_attn.k_proj."),
     (r"\.crossattention\.self\.value\.", ".cross_attn.v_proj."),
     (r"\.crossattention\.output\.dense\.", ".cross_attn.out_proj."),
     (r"\.crossattention\.output\.LayerNorm\.", ".layer_norm_cross."),
-    (r"\.attention\.self\.query\.", ".self_attn.q_proj."),
-    (r"\.attention\.self\.key\.", ".self_attn.k_proj."),
-    (r"\.attention\.self\.value\.", ".self_attn.v_proj."),
-    (r"\.attention\.output\.dense\.", ".self_attn.out_proj."),
-    (r"\.attention\.output\.LayerNorm\.", ".layer_norm1."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
-    (r"\.output\.LayerNorm\.", ".layer_norm2."),
+    *common.BERT_LAYER_RULES,
 )
 STATE_DICT_RULES = (
     (r"^vision_model\.embeddings\.position_embedding$", "vlp.vision_model.embeddings.position_embedding.weight"),

@@ -50,16 +50,6 @@ OUTPUT_NAMES = {
     "LxmertForQuestionAnswering": (("logits", "question_answering_score"),),
 }
 
-_BERT_LAYER = (
-    (r"\.attention\.self\.query\.", ".self_attn.q_proj."),
-    (r"\.attention\.self\.key\.", ".self_attn.k_proj."),
-    (r"\.attention\.self\.value\.", ".self_attn.v_proj."),
-    (r"\.attention\.output\.dense\.", ".self_attn.out_proj."),
-    (r"\.attention\.output\.LayerNorm\.", ".layer_norm1."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
-    (r"\.output\.LayerNorm\.", ".layer_norm2."),
-)
 _BASE = r"^((?:vlp\.)?)"  # the backbone's keys, with the head classes' prefix
 STATE_DICT_RULES = (
     (r"^lxmert\.", "vlp."),
@@ -87,7 +77,7 @@ STATE_DICT_RULES = (
     (r"\.cross_attn\.value\.", ".cross_attn.v_proj."),
     (r"\.cross_attn\.output\.dense\.", ".cross_attn.out_proj."),
     (r"\.cross_attn\.output\.LayerNorm\.", ".layer_norm_cross."),
-    *_BERT_LAYER,
+    *common.BERT_LAYER_RULES,
     (r"^cls\.predictions\.transform\.dense\.", "mlm_head.transform.dense."),
     (r"^cls\.predictions\.transform\.LayerNorm\.", "mlm_head.transform.layer_norm."),
     (r"^cls\.predictions\.decoder\.weight$", "mlm_head.decoder.weight"),

@@ -344,6 +344,16 @@ def _train_runtime(log_history: list[dict]) -> float:
     return next((float(entry["train_runtime"]) for entry in reversed(log_history) if "train_runtime" in entry), 0.0)
 
 
+def _run_result(model, processor, test_dataset, log_history: list[dict]) -> dict:
+    """What every run reports: test retrieval of the trained model, training time, loss curve, size."""
+    return {
+        "metrics": evaluate_retrieval(model, processor, test_dataset),
+        "train_runtime": _train_runtime(log_history),
+        "losses": _loss_history(log_history),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
 def run_ours(data_dir: str, output_dir: str, budget: dict, image_size: int, max_text_length: int,
              tokenizer_dir: str | None = None, text_model: str | None = None, preset: str = "dual-small",
              extra_argv: list[str] | None = None) -> dict:  # fmt: skip
@@ -370,13 +380,7 @@ def run_ours(data_dir: str, output_dir: str, budget: dict, image_size: int, max_
     model = VLPDualEncoderModel.from_pretrained(output_dir)
     processor = VLPProcessor.from_pretrained(output_dir)
     test_dataset = load_image_text_dataset(data_dir)["test"]
-    return {
-        "metrics": evaluate_retrieval(model, processor, test_dataset),
-        "train_runtime": _train_runtime(log_history),
-        "losses": _loss_history(log_history),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "command": "vlp " + " ".join(argv),
-    }
+    return {**_run_result(model, processor, test_dataset, log_history), "command": "vlp " + " ".join(argv)}
 
 
 class PlainCollator:
@@ -409,13 +413,7 @@ def _plain_train(model, processor, data_dir: str, output_dir: str, budget: dict,
     )
     trainer.train()
     trainer.save_model(output_dir)
-    log_history = trainer.state.log_history
-    return {
-        "metrics": evaluate_retrieval(model, processor, splits["test"]),
-        "train_runtime": _train_runtime(log_history),
-        "losses": _loss_history(log_history),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    return _run_result(model, processor, splits["test"], trainer.state.log_history)
 
 
 def _vision_fields(preset: str, image_size: int) -> dict:
@@ -491,13 +489,7 @@ def run_ours_from_clip_init(data_dir: str, output_dir: str, budget: dict, image_
     trainer = VLPTrainer(model=model, args=TrainingArguments(output_dir=output_dir, **budget),
                          train_dataset=splits["train"], data_collator=collator)  # fmt: skip
     trainer.train()
-    log_history = trainer.state.log_history
-    return {
-        "metrics": evaluate_retrieval(model, processor, splits["test"]),
-        "train_runtime": _train_runtime(log_history),
-        "losses": _loss_history(log_history),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    return _run_result(model, processor, splits["test"], trainer.state.log_history)
 
 
 def run_vision_text_dual_encoder(data_dir: str, output_dir: str, budget: dict, image_size: int,

@@ -16,6 +16,8 @@ from modeling_vlp.momentum import MOMENTUM_STATE_NAME, MomentumDistiller
 from modeling_vlp.objectives import sample_hard_negatives
 from modeling_vlp.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
 
+from vlp_testing import RowsDataset
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,20 +167,9 @@ def test_distillation_changes_itc_and_mlm_and_the_alpha_zero_case_matches_hard_t
     assert not torch.allclose(soft_losses["mlm"], plain_losses["mlm"], atol=1e-3)
 
 
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __len__(self):
-        return self.batch["input_ids"].shape[0]
-
-    def __getitem__(self, index):
-        return {key: value[index] for key, value in self.batch.items()}
-
-
 def test_momentum_state_is_checkpointed_and_restored_on_resume(tmp_path):
     model = tiny_model()
-    dataset = _Rows(make_batch(model, batch_size=8))
+    dataset = RowsDataset(make_batch(model, batch_size=8))
     arguments = dict(
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=4, save_steps=2, learning_rate=1e-3,
         report_to="none", use_cpu=True, remove_unused_columns=False, logging_steps=1, save_strategy="steps",

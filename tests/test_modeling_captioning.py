@@ -10,6 +10,8 @@ from modeling_vlp.configuration_vlp import VLPCaptioningConfig, get_preset_confi
 from modeling_vlp.modeling_captioning import VLPCaptioningModel, VLPForConditionalGeneration
 from modeling_vlp.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
 
+from vlp_testing import RowsDataset
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -216,17 +218,6 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(base.decoder.embeddings.token_embedding.weight, model.get_input_embeddings().weight)
 
 
-class _Rows(torch.utils.data.Dataset):
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __len__(self):
-        return self.batch["input_ids"].shape[0]
-
-    def __getitem__(self, index):
-        return {key: value[index] for key, value in self.batch.items()}
-
-
 def test_lm_and_itc_objectives_train_and_log_separately(tmp_path):
     model = tiny_model(scale=0.0, **coca_overrides())
     model.train()
@@ -238,7 +229,7 @@ def test_lm_and_itc_objectives_train_and_log_separately(tmp_path):
         output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=8, learning_rate=3e-3, report_to="none",
         use_cpu=True, remove_unused_columns=False, logging_steps=1, save_strategy="no",
     )  # fmt: skip
-    trainer = VLPTrainer(model=model, args=TrainingArguments(**arguments), train_dataset=_Rows(batch),
+    trainer = VLPTrainer(model=model, args=TrainingArguments(**arguments), train_dataset=RowsDataset(batch),
                          objective_args=objective_args)  # fmt: skip
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss_lm" in entry]

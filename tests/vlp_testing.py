@@ -1,4 +1,4 @@
-"""Small helpers shared by the pipeline tests."""
+"""Small helpers shared by the tests."""
 
 import numpy as np
 import torch
@@ -19,6 +19,19 @@ def perturb(model, std: float = 0.3):
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=generator) * std)
     return model.eval()
+
+
+class RowsDataset(torch.utils.data.Dataset):
+    """The rows of one collated batch (a dict of tensors) as a dataset, for a few Trainer steps."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __len__(self):
+        return self.batch["input_ids"].shape[0]
+
+    def __getitem__(self, index):
+        return {key: value[index] for key, value in self.batch.items()}
 
 
 def tiny_processor(captions) -> VLPProcessor:

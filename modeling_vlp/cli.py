@@ -58,14 +58,13 @@ def _evaluate_fusion(model, processor, eval_dataset, batch_size: int) -> dict[st
 def _evaluate_captioning(model, processor, eval_dataset, batch_size: int) -> dict[str, float]:
     """Greedy captions of the held-out images scored against their reference captions (BLEU, CIDEr), with a few
     examples in the log."""
-    from .evaluation import caption_metrics, caption_references, generate_captions
+    from .evaluation import evaluate_captioning
 
-    references = caption_references(eval_dataset)
-    predictions = generate_captions(model, processor, eval_dataset["image"], batch_size, show_progress=False)
+    metrics, predictions, references = evaluate_captioning(
+        model, processor, eval_dataset, batch_size, show_progress=False, return_predictions=True
+    )
     for prediction, refs in list(zip(predictions, references))[:CAPTION_EXAMPLES]:
         logger.info("Caption: %r; references: %s", prediction, refs)
-    metrics = caption_metrics(predictions, references)
-    metrics["num_images"] = float(len(predictions))
     return metrics
 
 

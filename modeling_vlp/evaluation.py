@@ -991,10 +991,12 @@ def evaluate_captioning(
     num_beams: int = 1,
     show_progress: bool = True,
     meteor: bool | None = None,
-) -> dict[str, float]:
+    return_predictions: bool = False,
+):
     """COCO caption metrics (`caption_metrics`: `bleu_1` ... `bleu_4`, `cider`, and `meteor` with Java) of the
     captions `generate_captions` writes for the `image` column of `eval_dataset`, against each row's references
-    (`caption_references`: its `captions` list, else its `caption`), plus `num_images`."""
+    (`caption_references`: its `captions` list, else its `caption`), plus `num_images`. With `return_predictions`,
+    `(metrics, predictions, references)`."""
     if "image" not in eval_dataset.column_names:
         raise ValueError(f"eval_dataset needs an 'image' column, found {eval_dataset.column_names}")
     if len(eval_dataset) == 0:
@@ -1005,4 +1007,4 @@ def evaluate_captioning(
     )
     metrics = caption_metrics(predictions, references, meteor=meteor)
     metrics["num_images"] = float(len(predictions))
-    return metrics
+    return (metrics, predictions, references) if return_predictions else metrics

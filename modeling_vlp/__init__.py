@@ -3,6 +3,11 @@
 Importing the package registers every config, model and processor with the transformers Auto classes.
 """
 
+from .version_check import check_transformers_version
+
+
+check_transformers_version()  # one clear line for an unsupported transformers, before any model code runs
+
 from .configuration_vlp import (
     PRESETS,
     VLPCaptioningConfig,

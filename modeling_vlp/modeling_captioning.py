@@ -11,7 +11,6 @@ from torch import nn
 from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.utils import ModelOutput
 
 from .configuration_vlp import VLPCaptioningConfig
 from .modeling_dual_encoder import VLPVisionModel, check_input_ids, check_pixel_values
@@ -24,16 +23,18 @@ from .modeling_layers import (
     pool_text,
 )
 from .objectives import contrastive_loss
+from .transformers_compat import CacheModelOutput, cache_argument
 
 
 @dataclass
-class VLPCaptioningModelOutput(ModelOutput):
+class VLPCaptioningModelOutput(CacheModelOutput):
     r"""
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`):
         The decoder's output states of the tokens given (after its final LayerNorm, if any).
-    past_key_values (`EncoderDecoderCache`, *optional*, returned when `use_cache=True`):
+    cache (`EncoderDecoderCache`, *optional*, returned when `use_cache=True`):
         The decoder's self-attention keys/values of every token so far and its cross-attention keys/values of the
-        image tokens; pass it back with the next tokens only.
+        image tokens; pass it back (`cache=`) with the next tokens only. `past_key_values`, its name before
+        transformers 5.24, still reads it.
     image_hidden_states (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_hidden_size)`):
         The image tokens the decoder attends to (the vision tower's last hidden state).
     text_unimodal_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`, *optional*):
@@ -50,7 +51,7 @@ class VLPCaptioningModelOutput(ModelOutput):
     """
 
     last_hidden_state: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     image_hidden_states: torch.Tensor | None = None
     text_unimodal_state: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
@@ -62,7 +63,7 @@ class VLPCaptioningModelOutput(ModelOutput):
 
 
 @dataclass
-class VLPCaptioningOutput(ModelOutput):
+class VLPCaptioningOutput(CacheModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
         `loss_weights`-weighted sum of `loss_lm` and `loss_itc` (those computed).
@@ -72,7 +73,7 @@ class VLPCaptioningOutput(ModelOutput):
         Contrastive loss of the local batch (`VLPTrainer` gathers the global one).
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
         Next-token scores at every position given (only the last `logits_to_keep` ones when it is set).
-    past_key_values, image_hidden_states, image_embeds, text_embeds, logit_scale, hidden_states, attentions,
+    cache, image_hidden_states, image_embeds, text_embeds, logit_scale, hidden_states, attentions,
     cross_attentions: as in `VLPCaptioningModelOutput`.
     """
 
@@ -80,7 +81,7 @@ class VLPCaptioningOutput(ModelOutput):
     loss_lm: torch.Tensor | None = None
     loss_itc: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     image_hidden_states: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
@@ -142,11 +143,11 @@ class VLPCaptioningDecoder(nn.Module):
         image_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> VLPCaptioningModelOutput:
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         query_length = input_ids.shape[1]
         max_positions = self.config.max_position_embeddings
         if position_ids is None:
@@ -165,7 +166,7 @@ class VLPCaptioningDecoder(nn.Module):
         unimodal_state = None
         for index, layer in enumerate(self.layers):
             hidden_states, weights, cross = layer(
-                hidden_states, mask, image_hidden_states, None, past_key_values=past_key_values
+                hidden_states, mask, image_hidden_states, None, past_key_values=cache
             )
             if index + 1 == self.num_unimodal_layers:
                 unimodal_state = hidden_states
@@ -176,7 +177,7 @@ class VLPCaptioningDecoder(nn.Module):
                 cross_weights += (cross,)
         return VLPCaptioningModelOutput(
             last_hidden_state=self.final_layer_norm(hidden_states),
-            past_key_values=past_key_values,
+            cache=cache,
             text_unimodal_state=unimodal_state,
             hidden_states=all_hidden_states,
             attentions=self_weights,
@@ -262,7 +263,7 @@ class VLPCaptioningModel(VLPPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         image_hidden_states: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         interpolate_pos_encoding: bool = False,
         output_hidden_states: bool | None = None,
@@ -272,7 +273,7 @@ class VLPCaptioningModel(VLPPreTrainedModel):
     ) -> VLPCaptioningModelOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
-            Caption tokens starting with the decoder start token; with `past_key_values`, only the new tokens.
+            Caption tokens starting with the decoder start token; with a `cache`, only the new tokens.
         attention_mask (`torch.LongTensor`, *optional*):
             1 for real tokens, 0 for padding, over the cached and the new tokens `(batch_size, past + sequence_length)`.
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`), or
@@ -280,11 +281,12 @@ class VLPCaptioningModel(VLPPreTrainedModel):
             The images, or their already encoded tokens (`get_image_features`), which skip the vision tower.
         position_ids (`torch.LongTensor`, *optional*):
             Positions of the given tokens; defaults to the positions after the cached ones.
-        past_key_values (`Cache`, *optional*), use_cache (`bool`, *optional*):
+        cache (`Cache`, *optional*), use_cache (`bool`, *optional*):
             The KV cache of the earlier tokens; `use_cache=True` without one starts an `EncoderDecoderCache`. A plain
             `DynamicCache` is wrapped into an `EncoderDecoderCache` (the returned one) so the image keys/values are
-            cached too.
+            cached too. `past_key_values=`, its name before transformers 5.24, is accepted too.
         """
+        cache = cache_argument(cache, kwargs)
         check_input_ids(input_ids, None)
         if image_hidden_states is None:
             if pixel_values is None:
@@ -303,22 +305,22 @@ class VLPCaptioningModel(VLPPreTrainedModel):
                 f"`input_ids` has {input_ids.shape[0]} rows but the images ({images}) number "
                 f"{image_hidden_states.shape[0]}; pass one image per caption."
             )
-        use_cache = use_cache if use_cache is not None else (past_key_values is not None)
+        use_cache = use_cache if use_cache is not None else (cache is not None)
         if use_cache:
-            if past_key_values is None:
-                past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            elif not isinstance(past_key_values, EncoderDecoderCache):
-                past_key_values = EncoderDecoderCache(past_key_values, DynamicCache())
+            if cache is None:
+                cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            elif not isinstance(cache, EncoderDecoderCache):
+                cache = EncoderDecoderCache(cache, DynamicCache())
         else:
-            past_key_values = None
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            cache = None
+        past_length = cache.get_seq_length() if cache is not None else 0
 
         outputs = self.decoder(
             input_ids,
             image_hidden_states,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             output_hidden_states=bool(output_hidden_states or self.config.output_hidden_states),
             output_attentions=bool(output_attentions or self.config.output_attentions),
         )
@@ -399,7 +401,7 @@ class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         image_hidden_states: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         return_loss: bool | None = None,
         logits_to_keep: int = 0,
@@ -427,7 +429,7 @@ class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
             pixel_values=pixel_values,
             image_hidden_states=image_hidden_states,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache_argument(cache, kwargs),
             use_cache=use_cache,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
@@ -452,7 +454,7 @@ class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
             loss_lm=losses.get("lm"),
             loss_itc=losses.get("itc"),
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             image_hidden_states=outputs.image_hidden_states,
             image_embeds=outputs.image_embeds,
             text_embeds=outputs.text_embeds,

@@ -99,15 +99,15 @@ class VLPAttention(nn.Module):
                 cache = past_key_values.cross_attention_cache if is_cross_attention else past_key_values.self_attention_cache
             elif not is_cross_attention:
                 cache = past_key_values
-        if is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+        # The image keys/values are computed at the first step and read back afterwards (public `get_seq_length`,
+        # not `EncoderDecoderCache.is_updated`, whose bookkeeping is internal to transformers).
+        if is_cross_attention and cache is not None and cache.get_seq_length(self.layer_idx) > 0:
             key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
         else:
             key = self.k_proj(kv_states).view(batch_size, kv_states.shape[1], -1, self.head_dim).transpose(1, 2)
             value = self.v_proj(kv_states).view(batch_size, kv_states.shape[1], -1, self.head_dim).transpose(1, 2)
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
-                if is_cross_attention:
-                    past_key_values.is_updated[self.layer_idx] = True
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward

@@ -67,16 +67,10 @@ class VLPZeroShotImageClassificationPipeline(ZeroShotImageClassificationPipeline
     """
 
     def check_model_type(self, supported_models: list[str] | dict) -> None:
-        # The parent checks against transformers' own names only and would log an error for registered models.
-        if isinstance(supported_models, dict):
-            names = []
-            for value in supported_models.values():
-                names.extend(value if isinstance(value, tuple) else [value])
-            mapping = getattr(AutoModelForZeroShotImageClassification, "_model_mapping", None)
-            for value in getattr(mapping, "_extra_content", {}).values():
-                names.extend(model.__name__ for model in (value if isinstance(value, tuple) else (value,)))
-            supported_models = names
-        super().check_model_type(supported_models)
+        # The parent checks against transformers' own classes only and would log an error for ours, which
+        # `register_auto_classes` registered for this task.
+        if not self.is_vlp_model:
+            super().check_model_type(supported_models)
 
     @property
     def is_vlp_model(self) -> bool:

@@ -11,8 +11,6 @@ behaviour. The "image-text-retrieval" and "visual-question-answering" pipelines 
 through `AutoModelForImageTextRetrieval`.
 """
 
-from collections import OrderedDict
-
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -25,8 +23,6 @@ from transformers import (
     AutoProcessor,
     AutoTokenizer,
 )
-
-from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
 
 from .configuration_vlp import (
     VLPCaptioningConfig,
@@ -53,12 +49,13 @@ from .modeling_unified import (
 from .processors.image_processing_vlp import VLPImageProcessor
 from .processors.processing_vlp import VLPProcessor
 from .processors.tokenization_vlp import VLPTokenizer
+from .transformers_compat import AutoModelFactoryBase, empty_auto_mapping
 
 
 _registered = False
 
 
-class AutoModelForImageTextRetrieval(_BaseAutoModelClass):
+class AutoModelForImageTextRetrieval(AutoModelFactoryBase):
     """Auto class of the "image-text-retrieval" pipeline (transformers has no such task): the dual encoder itself,
     and the fusion and unified families' `ForImageTextRetrieval` heads. Those read the `vlp.*` and `itm_head.*`
     weights of a pretraining checkpoint under the same names, so a `ForPreTraining` checkpoint loads with its ITM
@@ -68,7 +65,7 @@ class AutoModelForImageTextRetrieval(_BaseAutoModelClass):
     does not name it (use `VLP*ForImageTextRetrieval` with `trust_remote_code` instead)."""
 
     # No built-in entries: `register_auto_classes` registers ours into the mapping's extra content.
-    _model_mapping = _LazyAutoMapping(OrderedDict(), OrderedDict())
+    _model_mapping = empty_auto_mapping()
 
 
 def _register_models() -> None:

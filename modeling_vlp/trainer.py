@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 
 from .distributed import all_gather_features, all_gather_padded, get_rank, get_world_size
@@ -435,20 +436,28 @@ class VLPTrainer(Trainer):
             )  # fmt: skip
             self.add_callback(_MomentumUpdate(self.objective_args.distiller))
 
-    def _save_rng_state(self, output_dir):
-        # Saved with the optimizer and RNG states, before trainer_state.json marks the checkpoint complete.
-        super()._save_rng_state(output_dir)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # A checkpoint saves its model first and trainer_state.json last, which marks it complete: the momentum
+        # teacher and its queues are written with the model.
+        super().save_model(output_dir, _internal_call=_internal_call)
         if self.objective_args.distiller is not None and self.args.should_save:
-            self.objective_args.distiller.save(os.path.join(output_dir, MOMENTUM_STATE_NAME))
+            self.objective_args.distiller.save(os.path.join(output_dir or self.args.output_dir, MOMENTUM_STATE_NAME))
 
-    def _load_rng_state(self, checkpoint):
-        super()._load_rng_state(checkpoint)
-        distiller = self.objective_args.distiller
-        if distiller is not None and checkpoint is not None:
-            path = os.path.join(checkpoint, MOMENTUM_STATE_NAME)
-            if not os.path.isfile(path):
-                raise ValueError(f"{checkpoint} has no {MOMENTUM_STATE_NAME}: it was not trained with momentum distillation.")
-            distiller.load(path)
+    def load_momentum_state(self, checkpoint: str) -> None:
+        """Restore the momentum teacher and its queues saved in `checkpoint` (`train` does it when resuming)."""
+        path = os.path.join(checkpoint, MOMENTUM_STATE_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{checkpoint} has no {MOMENTUM_STATE_NAME}: it was not trained with momentum distillation.")
+        self.objective_args.distiller.load(path)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if self.objective_args.distiller is not None and resume_from_checkpoint:
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            if checkpoint:  # else the Trainer reports that there is no checkpoint to resume from
+                self.load_momentum_state(checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         # As open_clip: no weight decay on scalars and vectors (temperature, sigmoid bias, norms, biases, class

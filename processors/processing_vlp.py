@@ -36,7 +36,7 @@ class VLPProcessor(ProcessorMixin):
         if image_processor is None:
             # ProcessorMixin checks, saves and loads every sub-processor named in __init__. This instance lists only
             # its tokenizer (the class still lists both, so processor_config.json records "image_processor": null,
-            # which _get_arguments_from_pretrained reads back as None).
+            # which from_pretrained reads back as None).
             self.get_attributes = _tokenizer_only
             super().__init__(tokenizer=tokenizer, **kwargs)
             self.image_processor = None
@@ -44,11 +44,14 @@ class VLPProcessor(ProcessorMixin):
             super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        if processor_dict is None or "image_processor" not in processor_dict or processor_dict["image_processor"]:
-            return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        # A region-feature processor was saved without an image processor ("image_processor": null), which the
+        # parent would try to load: build it from its tokenizer alone.
+        processor_dict, instantiation_kwargs = cls.get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        if "image_processor" not in processor_dict or processor_dict["image_processor"]:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return [None, tokenizer]
+        return cls.from_args_and_dict([None, tokenizer], processor_dict, **instantiation_kwargs)
 
     @property
     def model_input_names(self) -> list[str]:

@@ -178,6 +178,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_trust_remote_code_without_the_package(saved, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -237,6 +238,7 @@ HEADS_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize(
     "preset, prefix", [("unified-tiny", "VLPUnified"), ("fusion-tiny", "VLPFusion")], ids=["unified", "fusion"]
 )
+@pytest.mark.slow  # runs a subprocess
 def test_trust_remote_code_loads_every_head_of_a_family(preset, prefix, tmp_path):
     """A pretraining checkpoint saved by the package loads, without it, into the base model, the pretraining model
     and the VQA model through their Auto classes (`family_auto_map`)."""

@@ -45,6 +45,7 @@ def read_state(output_dir: Path) -> dict:
 
 
 @pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+@pytest.mark.slow  # runs a subprocess
 def test_pretrain_evaluates_saves_and_resumes(tmp_path):
     from transformers import AutoModel, AutoProcessor
 
@@ -107,6 +108,7 @@ def _write_imagefolder(root: Path, num_images: int = 24) -> None:
 
 
 @pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+@pytest.mark.slow  # runs a subprocess
 def test_pretrain_on_an_imagefolder(tmp_path):
     data_dir = tmp_path / "folder"
     _write_imagefolder(data_dir)
@@ -128,6 +130,7 @@ def test_pretrain_on_an_imagefolder(tmp_path):
 
 
 @pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+@pytest.mark.slow  # runs a subprocess
 def test_pretrain_under_torchrun_trains_one_global_batch(tmp_path, free_port):
     """2 CPU processes share the work: 64 rows / (2 x 8) = 4 steps per epoch, not 8 for independent processes."""
     output_dir = tmp_path / "run"
@@ -189,6 +192,7 @@ def logged_losses(output_dir: Path) -> set[str]:
 
 
 @pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+@pytest.mark.slow  # runs a subprocess
 def test_unified_pretraining_then_vqa_finetuning(tmp_path):
     from transformers import AutoModelForVisualQuestionAnswering
 
@@ -222,6 +226,7 @@ def test_unified_pretraining_then_vqa_finetuning(tmp_path):
 
 
 @pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+@pytest.mark.slow  # runs a subprocess
 def test_unified_pretraining_on_region_features(tmp_path):
     output_dir = tmp_path / "regions"
     result = run_vlp(
@@ -236,6 +241,7 @@ def test_unified_pretraining_on_region_features(tmp_path):
 
 
 @pytest.mark.skipif(VLP is None, reason="the `vlp` console script is not installed")
+@pytest.mark.slow  # runs a subprocess
 def test_fusion_pretraining_with_momentum_distillation(tmp_path):
     output_dir = tmp_path / "fusion"
     result = run_vlp(
@@ -287,6 +293,7 @@ def test_unified_pretraining_on_a_folder_of_npy_region_features(tmp_path):
     assert logged_losses(output_dir) == {"loss_itm", "loss_mlm", "loss_mim"}
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_fusion_pretraining_under_torchrun_with_unused_heads(tmp_path, free_port):
     """2 DDP processes train a fusion model whose MIM head and mask token get no gradient (no mim objective):
     the command asks DDP to find unused parameters for the families with heads, and the momentum state is saved."""

@@ -173,6 +173,7 @@ def test_clip_processor_matches_source(clip_tiny, bpe_tokenizer):
     assert max_diff(pixels, pil_reference) <= 2.5 / 255 / min(CLIPImageProcessor().image_std)
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_clip_command_line(clip_tiny, tmp_path):
     output = tmp_path / "cli"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

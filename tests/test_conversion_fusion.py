@@ -260,6 +260,7 @@ def test_unknown_architecture_is_an_error():
     assert convert_lxmert.detect_architecture(LxmertConfig()) == "LxmertModel"
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_command_line(converted, tmp_path):
     output = tmp_path / "cli"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")

@@ -97,6 +97,7 @@ def test_itm_objective_needs_the_unimodal_states():
         fusion_itm_objective(model, outputs, {}, args)
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_distributed_hard_negatives_come_from_the_other_rank(tmp_path, free_port):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -189,7 +190,7 @@ def test_momentum_state_is_checkpointed_and_restored_on_resume(tmp_path):
     resumed = VLPTrainer(model=resumed_model, args=TrainingArguments(**arguments), train_dataset=dataset,
                          objective_args=resumed_args)  # fmt: skip
     assert resumed_args.distiller.id_queue.eq(-1).all()  # a fresh queue, before the checkpoint is read
-    resumed._load_rng_state(str(checkpoint))
+    resumed.load_momentum_state(str(checkpoint))  # what train(resume_from_checkpoint=...) calls first
     saved = MomentumDistiller(tiny_model(), queue_size=8)
     saved.load(str(checkpoint / MOMENTUM_STATE_NAME))
     state = resumed_args.distiller.state_dict()

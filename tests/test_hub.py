@@ -291,6 +291,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_pushed_repos_load_back_without_the_package(saved_families, family_hub, tmp_path):
     """A Python where modeling_vlp cannot be imported, HF_ENDPOINT pointing at the server: each repo's own code
     runs, and gives the saved model's outputs."""

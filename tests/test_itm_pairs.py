@@ -60,6 +60,7 @@ def test_prepare_itm_pairs_moves_whole_caption_rows():
     assert torch.equal(positives["input_ids"], input_ids)
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_distributed_negatives_come_from_the_other_rank(tmp_path, free_port):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

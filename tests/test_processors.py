@@ -628,7 +628,7 @@ def test_saved_code_runs_without_modeling_vlp(tokenizer, tmp_path, remote_code, 
             del sys.modules[name]
 
 
-@pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="starts a fresh Python (~10-20 s); set RUN_SLOW=1")
+@pytest.mark.slow  # runs a subprocess: a fresh Python (~10-20 s)
 def test_auto_processor_trust_remote_code_without_modeling_vlp(tokenizer, tmp_path, remote_code):
     VLPProcessor(VLPImageProcessor(), tokenizer).save_pretrained(tmp_path / "checkpoint")
     script = f"""

@@ -224,6 +224,7 @@ def test_sigmoid_loss_type_is_used(processor, tmp_path):
 # ---- distributed: gathered features give the global-batch gradient ----------------------------------------------
 
 
+@pytest.mark.slow  # runs a subprocess
 def test_distributed_itc_gradients_match_the_global_batch(tmp_path, free_port):
     """2 gloo processes with batch B each, DDP-averaged gradients == one process with the 2B batch."""
     script = str(REPO_ROOT / "tests" / "dist_itc_grad.py")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import ModelOutput
 
 from .distributed import all_gather_features, all_gather_padded, get_rank, get_world_size
@@ -438,10 +438,13 @@ class VLPTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # A checkpoint saves its model first and trainer_state.json last, which marks it complete: the momentum
-        # teacher and its queues are written with the model.
+        # teacher and its queues are written with the model, in checkpoints only (the final model folder, which is
+        # what gets pushed, does not carry the teacher).
         super().save_model(output_dir, _internal_call=_internal_call)
-        if self.objective_args.distiller is not None and self.args.should_save:
-            self.objective_args.distiller.save(os.path.join(output_dir or self.args.output_dir, MOMENTUM_STATE_NAME))
+        folder = output_dir or self.args.output_dir
+        is_checkpoint = os.path.basename(os.path.normpath(folder)).startswith(PREFIX_CHECKPOINT_DIR)
+        if self.objective_args.distiller is not None and self.args.should_save and is_checkpoint:
+            self.objective_args.distiller.save(os.path.join(folder, MOMENTUM_STATE_NAME))
 
     def load_momentum_state(self, checkpoint: str) -> None:
         """Restore the momentum teacher and its queues saved in `checkpoint` (`train` does it when resuming)."""

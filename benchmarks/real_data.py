@@ -24,7 +24,7 @@ Runs, all with the same steps, batch, image size, towers (the dual-small preset)
 optimizer (AdamW: lr, betas, weight decay, cosine schedule, warmup), seed, image normalisation and evaluation
 (`evaluate_dual_encoder`: `retrieval_metrics` on the test split's embeddings):
 
-- `ours`: `vlp pretrain --family dual` (VLPTrainer, VLPDualEncoderModel), run in-process through `cli.main`;
+- `ours`: `vlp pretrain --family dual` (VLPTrainer, VLPDualEncoderModel), run in-process through `modeling_vlp.commands.main`;
 - `CLIPModel`: transformers' `CLIPModel(CLIPConfig(...))` of the same tower sizes, a plain `Trainer`, its own
   `return_loss=True`, a collator that only runs the processor;
 - `ours + MiniLM` / `VisionTextDualEncoder + MiniLM` (unless `--skip-minilm`): the text tower starts from the
@@ -293,7 +293,7 @@ RECIPE_ARGS = "--random-crop-scale 0.5"
 def training_budget(steps: int, batch_size: int, seed: int, learning_rate: float | None = None) -> dict:
     """The optimisation budget every run gets, as `TrainingArguments` fields: `vlp pretrain`'s CPU defaults (AdamW,
     cosine schedule, warmup, weight decay, gradient clipping) at `steps` x `batch_size`."""
-    from modeling_vlp.cli import CPU_TRAINING_DEFAULTS
+    from modeling_vlp.commands.arguments import CPU_TRAINING_DEFAULTS
 
     defaults = CPU_TRAINING_DEFAULTS
     warmup = defaults["warmup_steps"]
@@ -331,7 +331,7 @@ def _budget_argv(budget: dict) -> list[str]:
 def evaluate_retrieval(model, processor, test_dataset, batch_size: int = 128) -> dict[str, float]:
     """The one evaluation of every run: `evaluate_dual_encoder` (`retrieval_metrics` over the test split's
     embeddings: each test image against each test caption)."""
-    from modeling_vlp.evaluation import evaluate_dual_encoder
+    from modeling_vlp.evaluation.embeddings import evaluate_dual_encoder
 
     return evaluate_dual_encoder(model, processor, test_dataset, batch_size=batch_size, show_progress=False)
 
@@ -358,8 +358,8 @@ def run_ours(data_dir: str, output_dir: str, budget: dict, image_size: int, max_
              tokenizer_dir: str | None = None, text_model: str | None = None, preset: str = "dual-small",
              extra_argv: list[str] | None = None) -> dict:  # fmt: skip
     """`vlp pretrain --family dual` in-process, then the common evaluation of the saved model."""
-    from modeling_vlp import cli
-    from modeling_vlp.data import load_image_text_dataset
+    from modeling_vlp.commands import main
+    from modeling_vlp.data.local import load_image_text_dataset
     from modeling_vlp.modeling_dual_encoder import VLPDualEncoderModel
     from modeling_vlp.processors import VLPProcessor
 
@@ -372,7 +372,7 @@ def run_ours(data_dir: str, output_dir: str, budget: dict, image_size: int, max_
         argv += ["--text-model", text_model]
     argv += _budget_argv(budget) + list(extra_argv or [])
     logger.info("vlp %s", " ".join(argv))
-    status = cli.main(argv)
+    status = main(argv)
     if status != 0:
         raise RuntimeError(f"vlp pretrain exited with status {status}.")
     with open(os.path.join(output_dir, "trainer_state.json")) as handle:
@@ -401,7 +401,7 @@ class PlainCollator:
 def _plain_train(model, processor, data_dir: str, output_dir: str, budget: dict, max_text_length: int) -> dict:
     from transformers import Trainer, TrainingArguments
 
-    from modeling_vlp.data import load_image_text_dataset
+    from modeling_vlp.data.local import load_image_text_dataset
 
     shutil.rmtree(output_dir, ignore_errors=True)
     splits = load_image_text_dataset(data_dir)
@@ -429,7 +429,8 @@ def _vision_fields(preset: str, image_size: int) -> dict:
 def run_clip(data_dir: str, output_dir: str, budget: dict, image_size: int, max_text_length: int,
              tokenizer_dir: str, preset: str = "dual-small") -> dict:  # fmt: skip
     """transformers' `CLIPModel` with the towers of `preset`, our tokenizer's ids, a plain `Trainer`."""
-    from modeling_vlp.cli import PretrainArguments, build_processor
+    from modeling_vlp.commands.arguments import PretrainArguments
+    from modeling_vlp.commands.common import build_processor
 
     processor = build_processor(PretrainArguments(tokenizer=tokenizer_dir), None, image_size, max_text_length)
     model = _build_clip(processor.tokenizer, budget, image_size, max_text_length, preset)
@@ -469,18 +470,20 @@ def run_ours_from_clip_init(data_dir: str, output_dir: str, budget: dict, image_
     separates what the initialisation does from what the training loop does."""
     from transformers import TrainingArguments
 
-    from modeling_vlp import VLPDualEncoderModel, cli
-    from modeling_vlp.collators import VLPCollator
-    from modeling_vlp.data import load_image_text_dataset
-    from modeling_vlp.trainer import VLPTrainer
+    from modeling_vlp import VLPDualEncoderModel
+    from modeling_vlp.commands.common import build_config, build_processor
+    from modeling_vlp.commands.pretrain import _pretrain_parser
+    from modeling_vlp.training.collators import VLPCollator
+    from modeling_vlp.data.local import load_image_text_dataset
+    from modeling_vlp.training.trainer import VLPTrainer
 
-    recipe, _ = cli._pretrain_parser().parse_args_into_dataclasses(
+    recipe, _ = _pretrain_parser().parse_args_into_dataclasses(
         args=list(extra_argv or []) + ["--output-dir", output_dir, "--preset", preset, "--tokenizer", tokenizer_dir,
                                        "--image-size", str(image_size), "--max-text-length", str(max_text_length)]
     )  # fmt: skip
-    processor = cli.build_processor(recipe, None, image_size, max_text_length)
+    processor = build_processor(recipe, None, image_size, max_text_length)
     clip = _build_clip(processor.tokenizer, budget, image_size, max_text_length, preset)
-    model = VLPDualEncoderModel(cli.build_config(recipe, preset, processor.tokenizer))
+    model = VLPDualEncoderModel(build_config(recipe, preset, processor.tokenizer))
     model.load_state_dict(clip.state_dict(), strict=True)
     shutil.rmtree(output_dir, ignore_errors=True)
     splits = load_image_text_dataset(data_dir)
@@ -500,7 +503,8 @@ def run_vision_text_dual_encoder(data_dir: str, output_dir: str, budget: dict, i
         AutoModel, CLIPVisionConfig, CLIPVisionModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel, set_seed,
     )  # fmt: skip
 
-    from modeling_vlp.cli import PretrainArguments, build_text_model_processor
+    from modeling_vlp.commands.arguments import PretrainArguments
+    from modeling_vlp.commands.common import build_text_model_processor
     from modeling_vlp.configuration_vlp import get_preset_config
 
     processor = build_text_model_processor(PretrainArguments(text_model=text_model), image_size, max_text_length)
@@ -516,7 +520,7 @@ def run_vision_text_dual_encoder(data_dir: str, output_dir: str, budget: dict, i
 
 def train_shared_tokenizer(data_dir: str, output_dir: str, vocab_size: int, max_text_length: int) -> str:
     """One SentencePiece tokenizer trained on the training captions, saved to `output_dir` for every run."""
-    from modeling_vlp.data import load_image_text_dataset
+    from modeling_vlp.data.local import load_image_text_dataset
     from modeling_vlp.processors import VLPTokenizer
 
     captions = load_image_text_dataset(data_dir)["train"]["caption"]

@@ -22,10 +22,9 @@ from PIL import Image
 from transformers.image_processing_backends import TorchvisionBackend
 
 from ..configuration_vlp import VLPDualEncoderConfig
+from ..hub.push import add_push_arguments, push_after_conversion
 from ..modeling_dual_encoder import VLPDualEncoderModel
 from ..processors import VLPImageProcessor, VLPProcessor
-from . import hub
-
 
 logger = logging.getLogger("modeling_vlp.conversion")
 
@@ -60,7 +59,7 @@ def build_parser(description: str | None) -> argparse.ArgumentParser:
         "Default: 2e-2.",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Seed of the parity images. Default: 0.")
-    hub.add_push_arguments(parser)
+    add_push_arguments(parser)
     return parser
 
 
@@ -505,7 +504,7 @@ def convert(source: SourceCheckpoint, args: argparse.Namespace) -> int:
         return 1
     save(model, source.processor, args.output)
     parity = {**report.model_diffs, **{f"{name} (end to end)": diff for name, diff in report.end_to_end_diffs.items()}}
-    return hub.push_after_conversion(
+    return push_after_conversion(
         args, args.output, source=source.name, parity=parity, tolerance=args.tolerance,
         source_path=getattr(args, "source", None),
     )  # fmt: skip

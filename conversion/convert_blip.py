@@ -21,9 +21,9 @@ import torch
 from transformers import AutoProcessor, BlipConfig, BlipForConditionalGeneration
 
 from ..configuration_vlp import VLPCaptioningConfig, get_preset_config
+from ..hub.push import push_after_conversion
 from ..modeling_captioning import VLPForConditionalGeneration
-from . import common, hub
-
+from . import common
 
 TOKENIZER_FILES = (*common.TOKENIZER_FILES, "vocab.txt")
 NUM_CAPTIONS = 4
@@ -190,7 +190,7 @@ def convert(source_dir: str, output_dir: str, tolerance: float = 1e-4, seed: int
         common.logger.info(f"Saved the model and its {type(processor).__name__} to {output_dir}")
     if args is None:
         return 0
-    return hub.push_after_conversion(
+    return push_after_conversion(
         args, output_dir, source=f"BlipForConditionalGeneration from {source_dir}", parity=diffs,
         tolerance=tolerance, source_path=source_dir,
     )  # fmt: skip

@@ -15,12 +15,23 @@ import os
 import sys
 
 import torch
-from transformers import AutoTokenizer, LxmertConfig, LxmertForPreTraining, LxmertForQuestionAnswering, LxmertModel
+from transformers import (
+    AutoTokenizer,
+    LxmertConfig,
+    LxmertForPreTraining,
+    LxmertForQuestionAnswering,
+    LxmertModel,
+)
 
 from ..configuration_vlp import VLPFusionConfig, get_preset_config
-from ..modeling_fusion import VLPFusionForPreTraining, VLPFusionForQuestionAnswering, VLPFusionModel
-from . import common, hub
-
+from ..hub.push import push_after_conversion
+from ..modeling_fusion import (
+    VLPFusionForPreTraining,
+    VLPFusionForQuestionAnswering,
+    VLPFusionModel,
+)
+from ..processors import VLPProcessor
+from . import common
 
 ARCHITECTURES = {
     "LxmertModel": (LxmertModel, VLPFusionModel),
@@ -207,8 +218,6 @@ def compare(source_model, model, architecture: str, inputs: dict[str, torch.Tens
 
 def make_processor(tokenizer):
     """A `VLPProcessor` with the tokenizer and no image processor, or the tokenizer alone if that fails."""
-    from ..processors import VLPProcessor
-
     try:
         return VLPProcessor(image_processor=None, tokenizer=tokenizer)
     except (TypeError, ValueError, AttributeError) as error:
@@ -252,7 +261,7 @@ def convert(source_dir: str, output_dir: str, tolerance: float = 1e-4, seed: int
         common.logger.info(f"Saved the model and its {type(processor).__name__} to {output_dir}")
     if args is None:
         return 0
-    return hub.push_after_conversion(
+    return push_after_conversion(
         args, output_dir, source=f"{architecture} from {source_dir}", parity=diffs, tolerance=tolerance,
         source_path=source_dir,
     )  # fmt: skip

@@ -29,7 +29,6 @@ from ..configuration_vlp import get_preset_config
 from ..processors import VLPImageProcessor
 from . import common
 
-
 BLOCK_RULES = (
     (r"(layers\.\d+)\.ln_1\.", r"\1.layer_norm1."),
     (r"(layers\.\d+)\.attn\.", r"\1.self_attn."),

@@ -16,7 +16,6 @@ from transformers import SiglipModel
 from ..configuration_vlp import get_preset_config
 from . import common
 
-
 STATE_DICT_RULES = (
     (r"^text_model\.head\.", "text_projection."),
     (r"^vision_model\.head\.layernorm\.", "vision_model.head.layer_norm."),
@@ -50,7 +49,9 @@ def convert_state_dict(state_dict):
 
 
 def default_image_processor(config):
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+    from transformers.models.siglip.image_processing_pil_siglip import (
+        SiglipImageProcessorPil,
+    )
 
     size = common.square(config.vision_config.image_size, "image_size")
     return SiglipImageProcessorPil(size={"height": size, "width": size})

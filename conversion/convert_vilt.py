@@ -23,10 +23,16 @@ import sys
 from dataclasses import dataclass
 
 import torch
-from transformers import ViltForImageAndTextRetrieval, ViltForMaskedLM, ViltForQuestionAnswering, ViltModel
+from transformers import (
+    ViltForImageAndTextRetrieval,
+    ViltForMaskedLM,
+    ViltForQuestionAnswering,
+    ViltModel,
+)
 from transformers.image_processing_backends import TorchvisionBackend
 
 from ..configuration_vlp import VLPUnifiedConfig, get_preset_config
+from ..hub.push import push_after_conversion
 from ..modeling_unified import (
     VLPUnifiedForImageTextRetrieval,
     VLPUnifiedForPreTraining,
@@ -34,8 +40,7 @@ from ..modeling_unified import (
     VLPUnifiedModel,
 )
 from ..processors import VLPImageProcessor, VLPProcessor
-from . import common, hub
-
+from . import common
 
 logger = common.logger
 
@@ -387,7 +392,7 @@ def convert(source_dir: str, args) -> int:
         logger.error("Parity failed: nothing written.")
         return 1
     save(model, processor, tokenizer, args.output)
-    return hub.push_after_conversion(
+    return push_after_conversion(
         args, args.output, source=f"{architecture} from {source_dir}", parity=report.model_diffs,
         tolerance=args.tolerance, source_path=source_dir,
     )  # fmt: skip

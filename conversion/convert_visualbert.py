@@ -20,13 +20,21 @@ no image processor).
 import sys
 
 import torch
-from transformers import VisualBertForPreTraining, VisualBertForQuestionAnswering, VisualBertModel
+from transformers import (
+    VisualBertForPreTraining,
+    VisualBertForQuestionAnswering,
+    VisualBertModel,
+)
 
 from ..configuration_vlp import VLPUnifiedConfig, get_preset_config
-from ..modeling_unified import VLPUnifiedForPreTraining, VLPUnifiedForQuestionAnswering, VLPUnifiedModel
-from . import common, hub
+from ..hub.push import push_after_conversion
+from ..modeling_unified import (
+    VLPUnifiedForPreTraining,
+    VLPUnifiedForQuestionAnswering,
+    VLPUnifiedModel,
+)
+from . import common
 from .convert_vilt import read_architecture, save
-
 
 logger = common.logger
 
@@ -231,7 +239,7 @@ def convert(source_dir: str, args) -> int:
         logger.error("Parity failed: nothing written.")
         return 1
     save(model, None, tokenizer, args.output)
-    return hub.push_after_conversion(
+    return push_after_conversion(
         args, args.output, source=f"{architecture} from {source_dir}", parity=report.model_diffs,
         tolerance=args.tolerance, source_path=source_dir,
     )  # fmt: skip

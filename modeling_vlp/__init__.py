@@ -1,14 +1,14 @@
 """modeling_vlp: vision-language pretraining models for transformers.
 
-Importing the package registers every config, model and processor with the transformers Auto classes.
+Importing the package registers every config, model, processor and pipeline with transformers (Auto classes and
+`PIPELINE_REGISTRY`). The layout, and which part may import which, is in ARCHITECTURE.md.
 """
 
 from .version_check import check_transformers_version
 
-
 check_transformers_version()  # one clear line for an unsupported transformers, before any model code runs
 
-from .configuration_vlp import (
+from .configuration_vlp import (  # noqa: E402
     PRESETS,
     VLPCaptioningConfig,
     VLPDualEncoderConfig,
@@ -19,34 +19,75 @@ from .configuration_vlp import (
     get_preset_config,
     preset_names,
 )
-from .modeling_captioning import (
+from .modeling_captioning import (  # noqa: E402
     VLPCaptioningModel,
     VLPCaptioningOutput,
     VLPForConditionalGeneration,
 )
-from .modeling_dual_encoder import VLPDualEncoderModel, VLPDualEncoderOutput, VLPTextModel, VLPVisionModel
-from .modeling_fusion import (
+from .modeling_dual_encoder import (  # noqa: E402
+    VLPDualEncoderModel,
+    VLPDualEncoderOutput,
+    VLPTextModel,
+    VLPVisionModel,
+)
+from .modeling_fusion import (  # noqa: E402
     VLPFusionForImageTextRetrieval,
     VLPFusionForPreTraining,
     VLPFusionForQuestionAnswering,
     VLPFusionModel,
     rerank_retrieval,
 )
-from .modeling_unified import (
+from .modeling_unified import (  # noqa: E402
     VLPUnifiedForImageTextRetrieval,
     VLPUnifiedForPreTraining,
     VLPUnifiedForQuestionAnswering,
     VLPUnifiedModel,
 )
-from .pipelines import (
+from .pipelines import (  # noqa: E402
     VLPImageTextRetrievalPipeline,
     VLPImageTextToTextPipeline,
     VLPVisualQuestionAnsweringPipeline,
     VLPZeroShotImageClassificationPipeline,
+    register_pipelines,
 )
-from .registration import AutoModelForImageTextRetrieval, register_auto_classes
-
+from .registration import AutoModelForImageTextRetrieval, register_auto_classes  # noqa: E402
 
 register_auto_classes()
+register_pipelines()
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "AutoModelForImageTextRetrieval",
+    "VLPCaptioningConfig",
+    "VLPCaptioningModel",
+    "VLPCaptioningOutput",
+    "VLPDualEncoderConfig",
+    "VLPDualEncoderModel",
+    "VLPDualEncoderOutput",
+    "VLPForConditionalGeneration",
+    "VLPFusionConfig",
+    "VLPFusionForImageTextRetrieval",
+    "VLPFusionForPreTraining",
+    "VLPFusionForQuestionAnswering",
+    "VLPFusionModel",
+    "VLPImageTextRetrievalPipeline",
+    "VLPImageTextToTextPipeline",
+    "VLPTextConfig",
+    "VLPTextModel",
+    "VLPUnifiedConfig",
+    "VLPUnifiedForImageTextRetrieval",
+    "VLPUnifiedForPreTraining",
+    "VLPUnifiedForQuestionAnswering",
+    "VLPUnifiedModel",
+    "VLPVisionConfig",
+    "VLPVisionModel",
+    "VLPVisualQuestionAnsweringPipeline",
+    "VLPZeroShotImageClassificationPipeline",
+    "get_preset_config",
+    "preset_names",
+    "register_auto_classes",
+    "register_pipelines",
+    "rerank_retrieval",
+]

@@ -10,7 +10,6 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 
-
 VISION_POOLINGS = ("cls", "mean", "attention")
 TEXT_POOLINGS = ("eos", "argmax", "first", "last", "mean")
 FINAL_NORMS = ("pooled", "all", "none")

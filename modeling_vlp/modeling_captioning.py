@@ -4,7 +4,6 @@ cache (self-attention keys/values grow each step, the image's cross-attention ke
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +12,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 
 from .configuration_vlp import VLPCaptioningConfig
+from .losses import contrastive_loss
 from .modeling_dual_encoder import VLPVisionModel, check_input_ids, check_pixel_values
 from .modeling_layers import (
     VLPPredictionHeadTransform,
@@ -22,7 +22,6 @@ from .modeling_layers import (
     decoder_attention_mask,
     pool_text,
 )
-from .objectives import contrastive_loss
 from .transformers_compat import CacheModelOutput, cache_argument
 
 
@@ -446,7 +445,7 @@ class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
             losses["lm"] = self.lm_loss(logits, labels, attention_mask)
         if return_loss and self.config.projection_dim is not None and outputs.image_embeds is not None:
             losses["itc"] = contrastive_loss(
-                outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, None, "softmax", gather=False
+                outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, None, "softmax"
             )
         loss = sum(self.config.loss_weights[name] * value for name, value in losses.items()) if losses else None
         output = VLPCaptioningOutput(

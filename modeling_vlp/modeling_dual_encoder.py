@@ -12,6 +12,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig
+from .losses import contrastive_logits, contrastive_loss
 from .modeling_layers import (
     VLPAttentionPool,
     VLPEncoder,
@@ -22,7 +23,6 @@ from .modeling_layers import (
     pool_text,
     self_attention_mask,
 )
-from .objectives import contrastive_logits, contrastive_loss
 
 
 @dataclass
@@ -402,7 +402,7 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
         loss = None
         if return_loss:
             loss = contrastive_loss(
-                image_embeds, text_embeds, logit_scale, self.logit_bias, self.config.loss_type, gather=False
+                image_embeds, text_embeds, logit_scale, self.logit_bias, self.config.loss_type
             )
 
         output = VLPDualEncoderOutput(

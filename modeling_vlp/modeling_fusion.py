@@ -19,21 +19,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from .configuration_vlp import VLPFusionConfig
-from .modeling_dual_encoder import check_input_ids, check_pixel_values
-from .modeling_layers import (
-    VLPAttention,
-    VLPEncoder,
-    VLPPatchEmbeddings,
-    VLPPooler,
-    VLPPreTrainedModel,
-    VLPTextEmbeddings,
-    VLPMLMHead,
-    VLPPredictionHeadTransform,
-    VLPTransformerLayer,
-    masked_mean,
-    self_attention_mask,
-)
-from .objectives import (
+from .losses import (
     contrastive_logits,
     contrastive_loss,
     itm_log_odds,
@@ -41,7 +27,20 @@ from .objectives import (
     masked_mean_of,
     normalized_patch_targets,
 )
-
+from .modeling_dual_encoder import check_input_ids, check_pixel_values
+from .modeling_layers import (
+    VLPAttention,
+    VLPEncoder,
+    VLPMLMHead,
+    VLPPatchEmbeddings,
+    VLPPooler,
+    VLPPredictionHeadTransform,
+    VLPPreTrainedModel,
+    VLPTextEmbeddings,
+    VLPTransformerLayer,
+    masked_mean,
+    self_attention_mask,
+)
 
 # --------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -881,7 +880,7 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
             logit_scale = self.get_logit_scale()
             logits_per_image, logits_per_text = contrastive_logits(image_embeds, text_embeds, logit_scale)
             if return_loss:
-                loss = contrastive_loss(image_embeds, text_embeds, logit_scale, None, "softmax", gather=False)
+                loss = contrastive_loss(image_embeds, text_embeds, logit_scale, None, "softmax")
         elif return_loss:
             self._require_itc_head()
 

@@ -16,6 +16,12 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_vlp import VLPUnifiedConfig
+from .losses import (
+    itm_log_odds,
+    masked_lm_loss,
+    masked_mean_of,
+    normalized_patch_targets,
+)
 from .modeling_layers import (
     VLPEncoder,
     VLPMLMHead,
@@ -26,8 +32,6 @@ from .modeling_layers import (
     VLPTextEmbeddings,
     self_attention_mask,
 )
-from .objectives import itm_log_odds, masked_lm_loss, masked_mean_of, normalized_patch_targets
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Outputs

@@ -1,14 +1,12 @@
-"""Registration of our configs, models, processors and pipelines with transformers.
+"""Registration of our configs, models and processors with transformers.
 
 Two registrations happen: with the Auto mappings of this Python (so `AutoModel.from_pretrained(dir)` /
 `AutoProcessor.from_pretrained(dir)` resolve our classes once `modeling_vlp` is imported), and
 `register_for_auto_class` (so `save_pretrained` writes `auto_map` and copies the code files, and
 `trust_remote_code=True` loads a checkpoint where the package is not installed).
 
-The zero-shot image classification and image-text-to-text pipelines are replaced by subclasses that also know our
-sigmoid-loss dual encoders and our captioning models (see `pipelines.py`); every other model gets the stock
-behaviour. The "image-text-retrieval" and "visual-question-answering" pipelines are ours; the first loads its models
-through `AutoModelForImageTextRetrieval`.
+Pipelines are registered by `modeling_vlp.pipelines.register_pipelines` (which loads the "image-text-retrieval"
+models through `AutoModelForImageTextRetrieval`, defined here); `import modeling_vlp` does both.
 """
 
 from transformers import (
@@ -51,8 +49,18 @@ from .processors.processing_vlp import VLPProcessor
 from .processors.tokenization_vlp import VLPTokenizer
 from .transformers_compat import AutoModelFactoryBase, empty_auto_mapping
 
-
 _registered = False
+
+# Every model class of ours by name (what a saved config's `architectures` lists).
+MODEL_CLASSES: dict[str, type] = {
+    model_class.__name__: model_class
+    for model_class in (
+        VLPVisionModel, VLPTextModel, VLPDualEncoderModel,
+        VLPUnifiedModel, VLPUnifiedForPreTraining, VLPUnifiedForQuestionAnswering, VLPUnifiedForImageTextRetrieval,
+        VLPFusionModel, VLPFusionForPreTraining, VLPFusionForQuestionAnswering, VLPFusionForImageTextRetrieval,
+        VLPCaptioningModel, VLPForConditionalGeneration,
+    )
+}  # fmt: skip
 
 
 class AutoModelForImageTextRetrieval(AutoModelFactoryBase):
@@ -137,10 +145,7 @@ def register_auto_classes() -> None:
         return
     _register_models()
     _register_processors()
-    from .pipelines import register_pipelines
-
-    register_pipelines()
     _registered = True
 
 
-__all__ = ["AutoModelForImageTextRetrieval", "register_auto_classes"]
+__all__ = ["MODEL_CLASSES", "AutoModelForImageTextRetrieval", "register_auto_classes"]

@@ -12,7 +12,6 @@ from transformers.cache_utils import Cache
 from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
 from transformers.utils import ModelOutput
 
-
 # --- KV cache naming ------------------------------------------------------------------------------------------------
 # transformers 5.24 renamed the cache of every output and `forward` from `past_key_values` to `cache` (the old name
 # stays readable on outputs and accepted by `forward` for a while). Our outputs and `forward`s use the new name.

@@ -8,7 +8,6 @@ from importlib import metadata
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-
 # Kept equal to setup.cfg's `transformers` requirement (a test checks it): the releases the test suite has passed on.
 SUPPORTED_TRANSFORMERS = ">=5.0,<5.25"
 

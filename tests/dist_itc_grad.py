@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import TrainingArguments
 
 from modeling_vlp import VLPDualEncoderModel, get_preset_config
-from modeling_vlp.trainer import VLPObjectiveArguments, VLPTrainer
+from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer
 
 
 GLOBAL_BATCH = 8

@@ -94,7 +94,7 @@ def test_saved_folder_carries_auto_map_and_code(saved):
     assert tokenizer_config["tokenizer_class"] == "VLPTokenizer"
     assert "tokenization_vlp.VLPTokenizer" in tokenizer_config["auto_map"]["AutoTokenizer"]
     code = {path.name for path in folder.glob("*.py")}
-    assert {"configuration_vlp.py", "modeling_dual_encoder.py", "modeling_layers.py", "objectives.py",
+    assert {"configuration_vlp.py", "modeling_dual_encoder.py", "modeling_layers.py", "losses.py",
             "processing_vlp.py", "image_processing_vlp.py", "tokenization_vlp.py"} <= code  # fmt: skip
     for name in code:  # remote code must stand alone: siblings by relative import only
         for line in (folder / name).read_text().splitlines():

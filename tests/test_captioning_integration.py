@@ -15,11 +15,14 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import modeling_vlp  # noqa: F401  (registers the Auto classes and pipelines)
-from modeling_vlp.cli import FAMILIES, PretrainArguments, build_config, build_processor, main
+from modeling_vlp.families import FAMILIES
+from modeling_vlp.commands.arguments import PretrainArguments
+from modeling_vlp.commands.common import build_config, build_processor
+from modeling_vlp.commands import main
 from modeling_vlp.configuration_vlp import get_preset_config
-from modeling_vlp.data import make_scenes_dataset
-from modeling_vlp.evaluate_command import evaluate_command, images_with_references
-from modeling_vlp.evaluation import caption_references, evaluate_captioning, generate_captions
+from modeling_vlp.data.scenes import make_scenes_dataset
+from modeling_vlp.commands.evaluate import evaluate_command, images_with_references
+from modeling_vlp.evaluation.captioning import caption_references, evaluate_captioning, generate_captions
 from modeling_vlp.modeling_captioning import VLPForConditionalGeneration
 from modeling_vlp.pipelines import VLPImageTextToTextPipeline
 

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 import modeling_vlp  # noqa: F401  (registers the Auto classes)
-from modeling_vlp.cli import find_resume_checkpoint, main, parse_objective_weights
+from modeling_vlp.commands.common import find_resume_checkpoint
+from modeling_vlp.commands import main
+from modeling_vlp.commands.pretrain import parse_objective_weights
 
 
 VLP = shutil.which("vlp", path=str(Path(sys.executable).parent)) or shutil.which("vlp")
@@ -49,8 +51,8 @@ def read_state(output_dir: Path) -> dict:
 def test_pretrain_evaluates_saves_and_resumes(tmp_path):
     from transformers import AutoModel, AutoProcessor
 
-    from modeling_vlp.data import make_scenes_dataset
-    from modeling_vlp.evaluation import evaluate_dual_encoder
+    from modeling_vlp.data.scenes import make_scenes_dataset
+    from modeling_vlp.evaluation.embeddings import evaluate_dual_encoder
 
     output_dir = tmp_path / "run"
     first = run_vlp([*TINY_RUN, "--output-dir", str(output_dir), "--max-steps", "10"], tmp_path)
@@ -137,7 +139,7 @@ def test_pretrain_under_torchrun_trains_one_global_batch(tmp_path, free_port):
     args = [*TINY_RUN, "--output-dir", str(output_dir), "--max-steps", "4", "--per-device-train-batch-size", "8"]
     launcher = [
         "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port), "-m", "modeling_vlp.cli",
+        "--master_port", str(free_port), "-m", "modeling_vlp.commands",
     ]  # fmt: skip
     result = run_vlp(args, tmp_path, command=[sys.executable, *launcher], threads=1)
     json_lines = [line for line in result.stdout.splitlines() if line.startswith("{\"")]
@@ -304,7 +306,7 @@ def test_fusion_pretraining_under_torchrun_with_unused_heads(tmp_path, free_port
     ]  # fmt: skip
     launcher = [
         "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port), "-m", "modeling_vlp.cli",
+        "--master_port", str(free_port), "-m", "modeling_vlp.commands",
     ]  # fmt: skip
     result = run_vlp(args, tmp_path, command=[sys.executable, *launcher], threads=1)
     assert len([line for line in result.stdout.splitlines() if line.startswith("{\"")]) == 1
@@ -314,7 +316,7 @@ def test_fusion_pretraining_under_torchrun_with_unused_heads(tmp_path, free_port
 
 def test_each_family_names_the_model_type_of_its_presets():
     from modeling_vlp import get_preset_config
-    from modeling_vlp.cli import FAMILIES
+    from modeling_vlp.families import FAMILIES
 
     for name, family in FAMILIES.items():
         assert get_preset_config(family.default_preset).model_type == family.model_type, name

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import BertTokenizer
 
-from modeling_vlp.collators import VLPCollator, VLPPretrainingCollator, VLPQuestionAnsweringCollator
-from modeling_vlp.data import make_scenes_dataset, make_scenes_vqa_dataset, vqa_answer_vocabulary
-from modeling_vlp.masking import mask_tokens_for_mlm, patch_valid_mask, random_patch_mask, random_region_mask
+from modeling_vlp.training.collators import VLPCollator, VLPPretrainingCollator, VLPQuestionAnsweringCollator
+from modeling_vlp.data.scenes import make_scenes_dataset, make_scenes_vqa_dataset, vqa_answer_vocabulary
+from modeling_vlp.training.masking import mask_tokens_for_mlm, patch_valid_mask, random_patch_mask, random_region_mask
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
 
 

@@ -12,23 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import modeling_vlp.data as data_module
-from modeling_vlp.data import (
-    SCENE_COLOURS,
-    SCENE_SHAPES,
-    VQA_NUM_ANNOTATORS,
-    VQA_QUESTION_TYPES,
-    ZERO_SHOT_TEMPLATES,
-    load_image_text_dataset,
-    load_region_text_dataset,
-    make_scenes_dataset,
-    make_scenes_vqa_dataset,
-    pick_eval_split,
-    read_region_column,
-    scene_class_names,
-    scene_region_features,
-    vqa_answer_vocabulary,
-)
+import modeling_vlp.data.local as data_module
+from modeling_vlp.data.scenes import SCENE_COLOURS, SCENE_SHAPES, VQA_NUM_ANNOTATORS, VQA_QUESTION_TYPES, ZERO_SHOT_TEMPLATES, make_scenes_dataset, make_scenes_vqa_dataset, scene_class_names, scene_region_features, vqa_answer_vocabulary
+from modeling_vlp.data.local import load_image_text_dataset, load_region_text_dataset, pick_eval_split, read_region_column
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,12 @@ import torch
 from PIL import Image
 
 import modeling_vlp  # noqa: F401  (registers the Auto classes)
-from modeling_vlp.cli import PretrainArguments, build_config, build_processor
-from modeling_vlp.data import make_scenes_dataset, make_scenes_vqa_dataset, vqa_answer_vocabulary
-from modeling_vlp.evaluate_command import TASKS, evaluate_command, tasks_by_family
-from modeling_vlp.evaluation import evaluate_dual_encoder, evaluate_fusion_retrieval
+from modeling_vlp.commands.arguments import PretrainArguments
+from modeling_vlp.commands.common import build_config, build_processor
+from modeling_vlp.data.scenes import make_scenes_dataset, make_scenes_vqa_dataset, vqa_answer_vocabulary
+from modeling_vlp.commands.evaluate import TASKS, evaluate_command, tasks_by_family
+from modeling_vlp.evaluation.embeddings import evaluate_dual_encoder
+from modeling_vlp.evaluation.matching import evaluate_fusion_retrieval
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -206,7 +208,7 @@ def test_the_task_table_names_each_family():
 
 
 def test_an_empty_split_is_named(saved, tmp_path, capsys, monkeypatch):
-    import modeling_vlp.evaluate_command as command
+    import modeling_vlp.commands.evaluate as command
 
     empty = _scenes_validation().select([])
     monkeypatch.setattr(command, "_local_split", lambda args, task, config: (empty, "somewhere/validation"))

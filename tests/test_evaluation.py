@@ -8,20 +8,11 @@ import torch
 from PIL import Image
 from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from modeling_vlp.data import ZERO_SHOT_TEMPLATES, make_scenes_dataset, scene_class_names
-from modeling_vlp.evaluation import (
-    build_zero_shot_classifier,
-    encode_images,
-    encode_texts,
-    evaluate_dual_encoder,
-    evaluate_vqa,
-    normalize_vqa_answer,
-    retrieval_chance_levels,
-    retrieval_metrics,
-    vqa_accuracy,
-    vqa_score,
-    zero_shot_accuracy,
-)
+from modeling_vlp.data.scenes import ZERO_SHOT_TEMPLATES, make_scenes_dataset, scene_class_names
+from modeling_vlp.evaluation.embeddings import build_zero_shot_classifier, encode_images, encode_texts, evaluate_dual_encoder
+from modeling_vlp.evaluation.vqa import evaluate_vqa, vqa_accuracy, vqa_score
+from modeling_vlp.data.answers import normalize_vqa_answer
+from modeling_vlp.evaluation.ranking import retrieval_chance_levels, retrieval_metrics, zero_shot_accuracy
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
 
 
@@ -516,7 +507,7 @@ class _Processor:
 def test_image_text_matching_scores_every_pair_and_ranks_by_them():
     import datasets
 
-    from modeling_vlp.evaluation import evaluate_image_text_matching
+    from modeling_vlp.evaluation.matching import evaluate_image_text_matching
 
     # 5 images with two captions each ("image i"); the "image" column carries the index the stub processor encodes.
     dataset = datasets.Dataset.from_dict({
@@ -535,7 +526,7 @@ def test_image_text_matching_scores_every_pair_and_ranks_by_them():
 
 
 def test_retrieval_metrics_can_rank_each_direction_with_its_own_scores():
-    from modeling_vlp.evaluation import retrieval_metrics
+    from modeling_vlp.evaluation.ranking import retrieval_metrics
 
     similarity = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # both directions right ...
     wrong_t2i = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # ... unless the text side is re-scored wrongly

@@ -12,9 +12,9 @@ import torch
 from transformers import TrainingArguments
 
 from modeling_vlp import VLPFusionForPreTraining, get_preset_config
-from modeling_vlp.momentum import MOMENTUM_STATE_NAME, MomentumDistiller
-from modeling_vlp.objectives import sample_hard_negatives
-from modeling_vlp.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
+from modeling_vlp.training.momentum import MOMENTUM_STATE_NAME, MomentumDistiller
+from modeling_vlp.training.objectives import sample_hard_negatives
+from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
 
 from vlp_testing import RowsDataset
 
@@ -89,7 +89,7 @@ def test_itm_objective_fuses_positives_and_negatives_and_trains_every_part():
 def test_itm_objective_needs_the_unimodal_states():
     model = tiny_model()
     args = VLPObjectiveArguments(objectives=["itm"])
-    from modeling_vlp.trainer import fusion_itm_objective
+    from modeling_vlp.training.trainer import fusion_itm_objective
 
     outputs = model(**{k: v for k, v in make_batch(model).items() if k != "image_id"})
     outputs["text_unimodal_state"] = None
@@ -205,8 +205,8 @@ def test_momentum_state_is_checkpointed_and_restored_on_resume(tmp_path):
 def test_region_fusion_model_trains_on_collated_region_features():
     """LXMERT-shaped (tiny) on the scenes' region features through VLPPretrainingCollator: every objective, with
     the collator's `region_labels` / `region_class_scores` as the object targets."""
-    from modeling_vlp.collators import VLPPretrainingCollator
-    from modeling_vlp.data import make_scenes_dataset
+    from modeling_vlp.training.collators import VLPPretrainingCollator
+    from modeling_vlp.data.scenes import make_scenes_dataset
     from modeling_vlp.processors import VLPProcessor, VLPTokenizer
 
     small = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2)

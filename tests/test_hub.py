@@ -29,7 +29,9 @@ from transformers import AutoProcessor, CLIPConfig, CLIPModel, Trainer, Training
 
 import modeling_vlp  # noqa: F401  (registers the Auto classes)
 from modeling_vlp import VLPDualEncoderModel, get_preset_config
-from modeling_vlp.conversion import convert_clip, hub
+from modeling_vlp import hub
+from modeling_vlp.commands.push import push_command
+from modeling_vlp.conversion import convert_clip
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
 
 from hub_server import DEFAULT_TOKEN, DEFAULT_USER, LocalHub
@@ -342,7 +344,7 @@ def test_push_command_never_shows_the_token(saved_dual, tmp_path, legacy_hub, ca
     (folder / "training_args.bin").write_bytes(b"pickle... hub_token=" + DEFAULT_TOKEN.encode())
     (folder / "checkpoint-2").mkdir()
     (folder / "checkpoint-2" / "optimizer.pt").write_bytes(b"state")
-    status = hub.push_command([
+    status = push_command([
         str(folder), "cli-repo", "--hub-endpoint", legacy_hub.url, "--hub-token", DEFAULT_TOKEN, "--private",
         "--commit-message", "From the command line",
     ])  # fmt: skip
@@ -364,7 +366,7 @@ def test_push_command_never_shows_the_token(saved_dual, tmp_path, legacy_hub, ca
 
     # A wrong token fails with what to do, and is not shown either.
     wrong = "hf_wrong_token_that_must_stay_secret"
-    status = hub.push_command([str(folder), "cli-repo", "--hub-endpoint", legacy_hub.url, "--hub-token", wrong])
+    status = push_command([str(folder), "cli-repo", "--hub-endpoint", legacy_hub.url, "--hub-token", wrong])
     failed = capsys.readouterr()
     assert status == 1 and "401" in failed.err and "HF_TOKEN" in failed.err
     logged = "\n".join(record.getMessage() for record in caplog.records)
@@ -487,7 +489,7 @@ def test_pushing_to_an_existing_repo_without_exist_ok(saved_dual, tmp_path, lega
     with pytest.raises(hub.HubPushError, match="exists already.*--exist-ok"):
         hub.push_folder(folder, "tester/taken", endpoint=legacy_hub.url, token=DEFAULT_TOKEN, exist_ok=False)
     argv = [str(folder), "tester/taken", "--hub-endpoint", legacy_hub.url, "--hub-token", DEFAULT_TOKEN]
-    assert hub.push_command(argv + ["--no-exist-ok"]) == 1
+    assert push_command(argv + ["--no-exist-ok"]) == 1
     assert "exists already" in capsys.readouterr().err
     assert len(legacy_hub.commits("tester/taken")) == 2
 
@@ -585,7 +587,7 @@ def test_trainer_push_to_hub_pushes_our_card(saved_dual, tmp_path, monkeypatch, 
 
 
 def test_vlp_pretrain_pushes_the_run_with_what_it_measured(tmp_path, legacy_hub, monkeypatch):
-    from modeling_vlp.cli import main
+    from modeling_vlp.commands import main
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     output_dir = tmp_path / "run"

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from modeling_vlp.objectives import sample_itm_negatives
-from modeling_vlp.trainer import VLPObjectiveArguments, prepare_itm_pairs
+from modeling_vlp.training.objectives import sample_itm_negatives
+from modeling_vlp.training.trainer import VLPObjectiveArguments, prepare_itm_pairs
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The `evaluate` modules of modeling_vlp.metrics give exactly the numbers of modeling_vlp.evaluation, and known
+"""The `evaluate` modules of modeling_vlp.evaluation.metrics give exactly the numbers of modeling_vlp.evaluation, and known
 hand-computed values; caption metrics agree with pycocoevalcap called directly."""
 
 import contextlib
@@ -13,16 +13,10 @@ import torch
 
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 
-from modeling_vlp.metrics import METRICS, load_metric, metric_path  # noqa: E402
-from modeling_vlp.evaluation import (  # noqa: E402
-    caption_metrics,
-    coco_tokenize,
-    retrieval_metrics,
-    vqa_accuracy,
-    vqa_compute_metrics,
-    vqa_soft_score_accuracy,
-    zero_shot_accuracy,
-)
+from modeling_vlp.evaluation.metrics import METRICS, load_metric, metric_path  # noqa: E402
+from modeling_vlp.evaluation.captioning import caption_metrics, coco_tokenize
+from modeling_vlp.evaluation.ranking import retrieval_metrics, zero_shot_accuracy
+from modeling_vlp.evaluation.vqa import vqa_accuracy, vqa_compute_metrics, vqa_soft_score_accuracy
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

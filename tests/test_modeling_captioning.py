@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 
 from modeling_vlp.configuration_vlp import VLPCaptioningConfig, get_preset_config
 from modeling_vlp.modeling_captioning import VLPCaptioningModel, VLPForConditionalGeneration
-from modeling_vlp.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
+from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
 
 from vlp_testing import RowsDataset
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_vlp.configuration_vlp import PRESETS, VLPFusionConfig
-from modeling_vlp.evaluation import retrieval_metrics
+from modeling_vlp.evaluation.ranking import retrieval_metrics
 from modeling_vlp.modeling_fusion import (
     VLPFusionForImageTextRetrieval,
     VLPFusionForPreTraining,
@@ -19,7 +19,7 @@ from modeling_vlp.modeling_fusion import (
     VLPFusionModel,
     rerank_retrieval,
 )
-from modeling_vlp.objectives import patchify
+from modeling_vlp.losses import patchify
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

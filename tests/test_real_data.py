@@ -176,13 +176,16 @@ def tiny_bert(tmp_path_factory):
 def test_pretrain_with_a_pretrained_text_model(dataset, tiny_bert, tmp_path):
     from transformers import AutoTokenizer, BertModel
 
-    from modeling_vlp import VLPDualEncoderModel, cli
+    from modeling_vlp import VLPDualEncoderModel
+    from modeling_vlp.commands import main
+    from modeling_vlp.commands.arguments import PretrainArguments
+    from modeling_vlp.commands.common import build_config, build_model_with_text_model
 
     output = str(tmp_path / "run")
     argv = ["pretrain", "--family", "dual", "--preset", "dual-tiny", "--dataset", dataset["dir"], "--output-dir", output,
             "--text-model", tiny_bert, "--max-text-length", "8", "--max-steps", "2", "--per-device-train-batch-size", "2",
             "--save-strategy", "no", "--logging-steps", "1"]  # fmt: skip
-    assert cli.main(argv) == 0
+    assert main(argv) == 0
     model = VLPDualEncoderModel.from_pretrained(output)
     assert isinstance(model.text_model, BertModel) and model.config.vision_config.image_size == 32
     assert AutoTokenizer.from_pretrained(output).model_max_length == 8
@@ -190,19 +193,19 @@ def test_pretrain_with_a_pretrained_text_model(dataset, tiny_bert, tmp_path):
         assert json.load(handle)["num_images"] == 2
 
     # Built from the folder, the text tower holds its pretrained weights (post_init does not re-initialise them).
-    args = cli.PretrainArguments(text_model=tiny_bert, preset="dual-tiny")
-    built = cli.build_model_with_text_model(cli.build_config(args, "dual-tiny"), tiny_bert)
+    args = PretrainArguments(text_model=tiny_bert, preset="dual-tiny")
+    built = build_model_with_text_model(build_config(args, "dual-tiny"), tiny_bert)
     reference = BertModel.from_pretrained(tiny_bert).state_dict()
     for name, value in built.text_model.state_dict().items():
         torch.testing.assert_close(value, reference[name], rtol=0, atol=0)
     assert built.text_model.config._attn_implementation == "sdpa"
 
     with pytest.raises(ValueError, match="--text-layers cannot change the pretrained text tower"):
-        cli.main(argv[:-6] + ["--text-layers", "1", "--output-dir", str(tmp_path / "refused")])
+        main(argv[:-6] + ["--text-layers", "1", "--output-dir", str(tmp_path / "refused")])
 
 
 def test_random_resized_crop():
-    from modeling_vlp.collators import VLPCollator, random_resized_crop
+    from modeling_vlp.training.collators import VLPCollator, random_resized_crop
 
     image = Image.new("RGB", (60, 40), "white")
     generator = torch.Generator().manual_seed(0)

@@ -14,9 +14,9 @@ from transformers import TrainingArguments
 
 import modeling_vlp  # noqa: F401  (registers the Auto classes)
 from modeling_vlp import VLPDualEncoderModel, get_preset_config
-from modeling_vlp.collators import VLPCollator
+from modeling_vlp.training.collators import VLPCollator
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
-from modeling_vlp.trainer import OBJECTIVES, VLPObjectiveArguments, VLPTrainer, compute_objective_losses
+from modeling_vlp.training.trainer import OBJECTIVES, VLPObjectiveArguments, VLPTrainer, compute_objective_losses
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

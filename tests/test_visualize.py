@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modeling_vlp.visualize import (
-    CORRECT,
-    WRONG,
-    confusion_matrix,
-    confusion_matrix_image,
-    retrieval_grid,
-    vqa_grid,
-)
+from modeling_vlp.evaluation.visualize import CORRECT, WRONG, confusion_matrix, confusion_matrix_image, retrieval_grid, vqa_grid
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,7 +19,6 @@ Loading reads only the local script (no network).
 
 import os
 
-
 METRICS: tuple[str, ...] = ("vlp_retrieval", "vlp_zero_shot", "vlp_vqa_accuracy", "vlp_caption")
 
 

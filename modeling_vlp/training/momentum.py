@@ -14,7 +14,6 @@ from torch import nn
 
 from .distributed import all_gather_features
 
-
 MOMENTUM_STATE_NAME = "momentum_state.safetensors"
 
 

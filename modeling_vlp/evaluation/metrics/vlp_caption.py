@@ -16,7 +16,6 @@ import evaluate
 
 from modeling_vlp.evaluation import caption_metrics
 
-
 _DESCRIPTION = __doc__
 _KWARGS_DESCRIPTION = """
 Args:

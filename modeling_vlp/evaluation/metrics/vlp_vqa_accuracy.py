@@ -19,7 +19,6 @@ import numpy as np
 
 from modeling_vlp.evaluation import vqa_accuracy, vqa_soft_score_accuracy
 
-
 _DESCRIPTION = __doc__
 _KWARGS_DESCRIPTION = """
 Args:

@@ -14,10 +14,15 @@ from typing import Any
 
 import torch
 
-from .data import read_region_column
-from .evaluation import normalize_vqa_answer
-from .masking import mask_tokens_for_mlm, patch_valid_mask, random_patch_mask, random_region_mask
-from .processors.image_processing_vlp import load_image
+from ..data.answers import normalize_vqa_answer
+from ..data.local import read_region_column
+from ..processors.image_processing_vlp import load_image
+from .masking import (
+    mask_tokens_for_mlm,
+    patch_valid_mask,
+    random_patch_mask,
+    random_region_mask,
+)
 
 
 class VLPCollator:

@@ -19,7 +19,6 @@ import numpy as np
 
 from modeling_vlp.evaluation import retrieval_metrics
 
-
 _DESCRIPTION = __doc__
 _KWARGS_DESCRIPTION = """
 Args:

@@ -24,7 +24,37 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoConfig
 
+from ..data.local import (
+    load_image_text_dataset,
+    load_region_text_dataset,
+    pick_eval_split,
+)
+from ..data.scenes import (
+    ZERO_SHOT_TEMPLATES,
+    make_scenes_dataset,
+    make_scenes_vqa_dataset,
+)
+from ..evaluation.captioning import caption_references, generate_captions
+from ..evaluation.embeddings import (
+    build_zero_shot_classifier,
+    encode_images,
+    encode_texts,
+    retrieval_texts,
+)
+from ..evaluation.matching import fusion_rerank_scores, image_text_match_matrix
+from ..evaluation.metrics import load_metric
+from ..evaluation.ranking import retrieval_chance_levels, retrieval_metrics
+from ..evaluation.visualize import (
+    caption_grid,
+    confusion_matrix_image,
+    retrieval_grid,
+    vqa_grid,
+)
+from ..evaluation.vqa import vqa_metrics, vqa_predictions, vqa_score
+from ..registration import MODEL_CLASSES
+from .common import _load_saved_processor
 
 logger = logging.getLogger("modeling_vlp.evaluate")
 
@@ -65,7 +95,6 @@ class Task:
 
 
 def _retrieval_png(run: EvaluationRun, image_text_scores: torch.Tensor, texts, text_to_image, title: str):
-    from .visualize import retrieval_grid
 
     if "image" not in run.dataset.column_names:
         return None  # region features only: nothing to draw
@@ -82,7 +111,6 @@ def _retrieval_png(run: EvaluationRun, image_text_scores: torch.Tensor, texts, t
 
 def _retrieval_metrics(text_image_scores, text_to_image, image_text_scores=None) -> dict[str, float]:
     """The `vlp_retrieval` metric over one score row per text (its scores for every image)."""
-    from .metrics import load_metric
 
     metric = load_metric("vlp_retrieval")
     metric.add_batch(scores=text_image_scores.numpy(), image_index=list(text_to_image))
@@ -91,15 +119,6 @@ def _retrieval_metrics(text_image_scores, text_to_image, image_text_scores=None)
 
 
 def run_retrieval(run: EvaluationRun) -> dict:
-    from .evaluation import (
-        encode_images,
-        encode_texts,
-        fusion_rerank_scores,
-        image_text_match_matrix,
-        retrieval_chance_levels,
-        retrieval_metrics,
-        retrieval_texts,
-    )
 
     model, processor, dataset, args = run.model, run.processor, run.dataset, run.args
     model_type = model.config.model_type
@@ -172,10 +191,6 @@ def class_labels(dataset, label_column: str) -> tuple[list[int], list[str]]:
 
 
 def run_zero_shot(run: EvaluationRun) -> dict:
-    from .data import ZERO_SHOT_TEMPLATES
-    from .evaluation import build_zero_shot_classifier, encode_images
-    from .metrics import load_metric
-    from .visualize import confusion_matrix_image
 
     model, processor, dataset, args = run.model, run.processor, run.dataset, run.args
     encoder = _itc_encoder(model)
@@ -210,9 +225,6 @@ def run_zero_shot(run: EvaluationRun) -> dict:
 
 
 def run_vqa(run: EvaluationRun) -> dict:
-    from .evaluation import vqa_metrics, vqa_predictions, vqa_score
-    from .metrics import load_metric
-    from .visualize import vqa_grid
 
     model, processor, dataset, args = run.model, run.processor, run.dataset, run.args
     if not type(model).__name__.endswith("ForQuestionAnswering"):
@@ -272,9 +284,6 @@ def images_with_references(dataset):
 
 
 def run_captioning(run: EvaluationRun) -> dict:
-    from .evaluation import caption_references, generate_captions
-    from .metrics import load_metric
-    from .visualize import caption_grid
 
     model, processor, args = run.model, run.processor, run.args
     if "image" not in run.dataset.column_names:
@@ -348,9 +357,6 @@ def tasks_by_family() -> str:
 
 def load_model(model_path: str, task: str):
     """The checkpoint's own class (`config.architectures`), or the task's default class for its model type."""
-    import modeling_vlp
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as error:
@@ -362,7 +368,7 @@ def load_model(model_path: str, task: str):
             f"--task {task} does not apply to --model {model_path!r}, a {model_type!r} ({family}) model; the tasks of "
             f"each family are {tasks_by_family()}."
         )
-    names = [name for name in (config.architectures or []) if hasattr(modeling_vlp, name)]
+    names = [name for name in (config.architectures or []) if name in MODEL_CLASSES]
     class_name = names[0] if names else _DEFAULT_CLASSES[(model_type, task)]
     if task == "retrieval" and model_type != "vlp_dual_encoder" and not class_name.endswith(("PreTraining", "Retrieval")):
         raise ValueError(
@@ -380,12 +386,11 @@ def load_model(model_path: str, task: str):
             "a VLPForConditionalGeneration (what `vlp pretrain --family captioning` writes)."
         )
     logger.info("Loading %s from %s.", class_name, model_path)
-    model = getattr(modeling_vlp, class_name).from_pretrained(model_path)
+    model = MODEL_CLASSES[class_name].from_pretrained(model_path)
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def load_processor(model_path: str):
-    from .cli import _load_saved_processor
 
     processor = _load_saved_processor(model_path)
     if processor is None:
@@ -401,7 +406,6 @@ def _image_size(config) -> int | None:
 def _scenes_split(args, task: Task, config):
     """The embedded scenes split `vlp pretrain` / `vlp finetune` evaluate on (the same images: seed 0, rendered at
     the model's input size), only as many images as needed."""
-    from .data import make_scenes_dataset, make_scenes_vqa_dataset
 
     split = args.split or "validation"
     if split not in ("train", "validation", "test"):
@@ -423,7 +427,6 @@ def _scenes_split(args, task: Task, config):
 
 
 def _local_split(args, task: Task, config):
-    from .data import load_image_text_dataset, load_region_text_dataset, pick_eval_split
 
     regions = getattr(config, "visual_input", "patches") == "regions"
     try:

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
 CORRECT = (0, 150, 60)

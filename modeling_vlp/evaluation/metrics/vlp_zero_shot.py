@@ -16,7 +16,6 @@ import numpy as np
 
 from modeling_vlp.evaluation import topk_accuracy
 
-
 _DESCRIPTION = __doc__
 _KWARGS_DESCRIPTION = """
 Args:

@@ -24,10 +24,14 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import ModelOutput
 
-from .distributed import all_gather_features, all_gather_padded, get_rank, get_world_size
+from .distributed import (
+    all_gather_features,
+    all_gather_padded,
+    get_rank,
+    get_world_size,
+)
 from .momentum import MOMENTUM_STATE_NAME, MomentumDistiller, soft_cross_entropy
 from .objectives import contrastive_loss, sample_hard_negatives, sample_itm_negatives
-
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,156 @@
+"""The options of `vlp pretrain` (shared by `vlp finetune` and `vlp evaluate`) and the CPU-sized training defaults."""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..configuration_vlp import preset_names
+from ..families import FAMILIES
+
+
+@dataclass
+class PretrainArguments:
+    """Options of `vlp pretrain` besides transformers' `TrainingArguments`."""
+
+    family: str = field(default="dual", metadata={"help": "Model family.", "choices": sorted(FAMILIES)})
+    preset: str | None = field(
+        default=None,
+        metadata={"help": f"Architecture preset (default: the family's CPU preset, dual-small): {preset_names()}."},
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Local image-text corpus: imagefolder with metadata.jsonl/csv, parquet, webdataset .tar shards or "
+            "a save_to_disk folder. Default: the embedded generated scenes dataset."
+        },
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column of --dataset (default: detected)."})
+    text_column: str | None = field(default=None, metadata={"help": "Caption column of --dataset (default: detected)."})
+    num_train: int = field(default=6000, metadata={"help": "Training examples of the embedded scenes dataset."})
+    num_validation: int = field(
+        default=500,
+        metadata={
+            "help": "Validation examples of the embedded dataset; with a --dataset that has no validation or test "
+            "split, the number of training rows held out for evaluation."
+        },
+    )
+    # Architecture overrides of the preset.
+    image_size: int | None = field(default=None, metadata={"help": "Input image side (a multiple of the patch size)."})
+    patch_size: int | None = field(default=None, metadata={"help": "ViT patch size."})
+    vision_layers: int | None = field(default=None, metadata={"help": "Transformer layers of the image tower."})
+    vision_width: int | None = field(default=None, metadata={"help": "Hidden size of the image tower (MLP: 4x)."})
+    vision_heads: int | None = field(default=None, metadata={"help": "Attention heads of the image tower."})
+    text_layers: int | None = field(default=None, metadata={"help": "Transformer layers of the text tower."})
+    text_width: int | None = field(default=None, metadata={"help": "Hidden size of the text tower (MLP: 4x)."})
+    text_heads: int | None = field(default=None, metadata={"help": "Attention heads of the text tower."})
+    max_text_length: int | None = field(
+        default=None, metadata={"help": "Longest caption in tokens (the text tower's position embeddings)."}
+    )
+    layers: int | None = field(default=None, metadata={"help": "Transformer layers of a single-stream (unified) model."})
+    width: int | None = field(default=None, metadata={"help": "Hidden size of a single-stream model (MLP: 4x)."})
+    heads: int | None = field(default=None, metadata={"help": "Attention heads of a single-stream model."})
+    fusion_layers: int | None = field(default=None, metadata={"help": "Fusion layers of a fusion-encoder model."})
+    projection_dim: int | None = field(default=None, metadata={"help": "Dimension of the shared embedding space."})
+    loss_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "Contrastive loss: softmax (CLIP) or sigmoid (SigLIP). Default: the preset's.",
+            "choices": ["softmax", "sigmoid"],
+        },
+    )
+    # Objectives.
+    objectives: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Objectives to train, space- or comma-separated (itc; itm, mlm, mim; lm). Default: the family's "
+            "(dual: itc; unified: itm mlm; captioning: lm, with a CoCa preset such as coca-small: itc lm)."
+        },
+    )
+    objective_weights: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Weights as NAME=WEIGHT (e.g. itm=1.0,mlm=0.5); unlisted objectives weigh 1."},
+    )
+    itm_negative_ratio: float = field(
+        default=0.5, metadata={"help": "Share of rows paired with another image's caption for ITM (unified)."}
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of caption tokens masked for MLM."})
+    mim_ratio: float = field(default=0.4, metadata={"help": "Share of patches or regions masked for MIM."})
+    momentum_distill: bool = field(
+        default=False,
+        metadata={"help": "Fusion family: ALBEF's momentum distillation (EMA teacher, soft ITC/MLM targets, queue)."},
+    )
+    momentum: float = field(default=0.995, metadata={"help": "EMA decay of the momentum teacher per step."})
+    distill_alpha: float = field(default=0.4, metadata={"help": "Weight of the teacher's soft targets."})
+    queue_size: int = field(default=4096, metadata={"help": "Teacher features kept as extra ITC negatives."})
+    local_loss: bool = field(
+        default=False, metadata={"help": "Contrastive loss over the local rows of the global similarity matrix only."}
+    )
+    gather_with_grad: bool = field(
+        default=True, metadata={"help": "Backpropagate through the features gathered from other ranks."}
+    )
+    # Text and image processing.
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder (any AutoTokenizer). Default: train one on the captions."}
+    )
+    vocab_size: int = field(default=1000, metadata={"help": "Vocabulary size of the trained tokenizer (a soft limit)."})
+    tokenizer_model_type: str = field(
+        default="bpe",
+        metadata={"help": "SentencePiece model of the trained tokenizer.", "choices": ["bpe", "unigram"]},
+    )
+    resume: bool = field(
+        default=True,
+        metadata={
+            "help": "Continue from the last complete checkpoint in --output-dir when there is one "
+            "(--no-resume: start over)."
+        },
+    )
+    sample_captions: bool = field(
+        default=True, metadata={"help": "Train on a random one of each image's captions when a `captions` list exists."}
+    )
+    random_crop_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "Train-time augmentation: each training image becomes a random crop covering at least this share "
+            "of its area (aspect 3/4 to 4/3, torchvision's RandomResizedCrop), e.g. 0.5. Default: whole images."
+        },
+    )
+    text_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dual family: start the text tower from this pretrained model folder (any transformers text "
+            "model, e.g. MiniLM / BERT; LiT / ALIGN-style) and use its tokenizer (unless --tokenizer). The image "
+            "tower comes from the preset and its overrides; --max-text-length truncates captions."
+        },
+    )
+
+
+# Applied when the command line does not set them: a run that fits a laptop CPU.
+CPU_TRAINING_DEFAULTS = dict(
+    max_steps=1000,
+    per_device_train_batch_size=64,
+    per_device_eval_batch_size=128,
+    learning_rate=1e-3,
+    weight_decay=0.1,
+    adam_beta2=0.98,
+    warmup_steps=0.05,
+    lr_scheduler_type="cosine",
+    max_grad_norm=1.0,
+    logging_steps=25,
+    eval_strategy="no",
+    save_strategy="steps",
+    save_steps=250,
+    save_total_limit=2,
+    report_to="none",
+    remove_unused_columns=False,
+    dataloader_num_workers=0,
+    dataloader_drop_last=True,
+    ddp_find_unused_parameters=False,
+    dataloader_pin_memory=torch.cuda.is_available(),
+    seed=0,
+)
+
+
+FINETUNE_DEFAULTS = dict(
+    CPU_TRAINING_DEFAULTS, max_steps=600, learning_rate=3e-4, warmup_steps=0.1, eval_strategy="steps",
+    eval_steps=200, save_steps=200, weight_decay=0.01, dataloader_drop_last=False,
+)  # fmt: skip

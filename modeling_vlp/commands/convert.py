@@ -1,0 +1,51 @@
+"""`vlp convert SOURCE_KIND --source ... --output ...`: convert a published checkpoint, proving parity.
+
+Each source kind is one converter of `modeling_vlp.conversion` (also runnable as `python -m
+modeling_vlp.conversion.convert_<kind>`); its options follow the kind (`vlp convert clip --help`).
+"""
+
+import sys
+from collections.abc import Callable, Sequence
+
+from ..conversion import (
+    convert_blip,
+    convert_clip,
+    convert_lxmert,
+    convert_open_clip,
+    convert_siglip,
+    convert_vilt,
+    convert_visualbert,
+)
+
+
+CONVERTERS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
+    "clip": (convert_clip.main, "transformers CLIPModel folder -> dual encoder"),
+    "siglip": (convert_siglip.main, "transformers SiglipModel folder -> dual encoder (sigmoid loss)"),
+    "open_clip": (convert_open_clip.main, "open_clip model name + checkpoint -> dual encoder"),
+    "vilt": (convert_vilt.main, "transformers ViLT folder -> unified single-stream (patches)"),
+    "visualbert": (convert_visualbert.main, "transformers VisualBERT folder -> unified single-stream (regions)"),
+    "lxmert": (convert_lxmert.main, "transformers LXMERT folder -> fusion encoder (co-attention, regions)"),
+    "blip": (convert_blip.main, "transformers BlipForConditionalGeneration folder -> captioning"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: vlp convert SOURCE_KIND --source ... --output ... [options]", "", "source kinds:"]
+    lines += [f"  {name:<11} {summary}" for name, (_, summary) in CONVERTERS.items()]
+    lines += ["", "`vlp convert SOURCE_KIND --help` lists the options of a converter."]
+    return "\n".join(lines)
+
+
+def convert_command(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    kind, rest = argv[0], argv[1:]
+    if kind not in CONVERTERS:
+        print(f"vlp convert: unknown source kind {kind!r}; expected one of {', '.join(CONVERTERS)}.", file=sys.stderr)
+        return 2
+    return CONVERTERS[kind][0](rest)
+
+
+__all__ = ["CONVERTERS", "convert_command"]

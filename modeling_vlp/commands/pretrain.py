@@ -1,0 +1,256 @@
+"""TODO docstring"""
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import HfArgumentParser, TrainerState, TrainingArguments, set_seed
+
+from ..configuration_vlp import get_preset_config
+from ..families import FAMILIES
+from ..training.collators import VLPCollator, VLPPretrainingCollator
+from ..training.trainer import (
+    OBJECTIVES,
+    VLPObjectiveArguments,
+    VLPTrainer,
+    resolve_objectives,
+)
+from .arguments import CPU_TRAINING_DEFAULTS, PretrainArguments
+from .common import (
+    EVAL_RESULTS_NAME,
+    SCENES_DESCRIPTION,
+    TRAINER_STATE_NAME,
+    _check_text_model_options,
+    _load_saved_processor,
+    _setup_logging,
+    build_config,
+    build_model_with_text_model,
+    build_processor,
+    build_text_model_processor,
+    check_family_options,
+    checkpoint_step,
+    find_resume_checkpoint,
+    load_datasets,
+    push_run,
+    split_push_arguments,
+)
+
+logger = logging.getLogger("modeling_vlp.cli")
+
+# --------------------------------------------------------------------------------------------------------------
+# vlp pretrain
+# --------------------------------------------------------------------------------------------------------------
+
+
+
+
+
+
+def _pretrain_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(
+        (PretrainArguments, TrainingArguments),
+        prog="vlp pretrain",
+        description="Pretrain a vision-language model, evaluate it on the held-out split and save it with its "
+        "processor. Also takes every transformers TrainingArguments option. Re-running the command with the same "
+        "--output-dir resumes from the last complete checkpoint there. --push-to-hub REPO_ID (with --hub-endpoint, "
+        "--private, --revision, --commit-message; see `vlp push --help`) pushes the finished run with a model card.",
+    )
+    parser.set_defaults(**CPU_TRAINING_DEFAULTS)
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Several CPU processes (torchrun): without both, accelerate leaves them as independent single-process runs.
+        parser.set_defaults(use_cpu=True, ddp_backend="gloo")
+    for action in parser._actions:
+        if action.dest == "output_dir":
+            action.required = True
+    return parser
+
+
+def _split_items(items: Sequence[str]) -> list[str]:
+    """`["itm,mlm", "mim"]` -> `["itm", "mlm", "mim"]`."""
+    return [part for item in items for part in item.split(",") if part]
+
+
+def parse_objective_weights(objectives: Sequence[str], weights: Sequence[str]) -> dict[str, float]:
+    """`["itc", "itm"]` (or `["itc,itm"]`), `["itm=0.5"]` -> `{"itc": 1.0, "itm": 0.5}`."""
+    objectives = _split_items(objectives)
+    result = {name: 1.0 for name in objectives}
+    for item in _split_items(weights):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--objective-weights items must look like NAME=WEIGHT, got {item!r}.")
+        if name not in result:
+            raise ValueError(f"--objective-weights names {name!r}, which is not in --objectives {list(objectives)}.")
+        try:
+            result[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--objective-weights {item!r}: {value!r} is not a number.") from None
+    return result
+
+
+def _uses_regions(config) -> bool:
+    return getattr(config, "visual_input", "patches") == "regions"
+
+
+def _prepare_processor(training_args, resume_from, build):
+    """The main process builds the processor and saves it before the others load it, so that every rank uses the
+    very same tokenizer; a resumed run takes the one saved with its checkpoint."""
+    output_dir = training_args.output_dir
+    with training_args.main_process_first(desc="processor"):
+        processor = _load_saved_processor(resume_from) if resume_from else None
+        if processor is None and training_args.local_process_index > 0:
+            processor = _load_saved_processor(output_dir)
+        if processor is None:
+            processor = build()
+            processor.save_pretrained(output_dir)
+    return processor
+
+
+def _resume_checkpoint(training_args: TrainingArguments, resume: bool) -> str | None:
+    output_dir = training_args.output_dir
+    resume_from = training_args.resume_from_checkpoint or (find_resume_checkpoint(output_dir) if resume else None)
+    if resume_from:
+        logger.info("Resuming from %s", resume_from)
+    return resume_from
+
+
+def _finish(trainer, model, output_dir: str, evaluate: Callable[[], dict[str, float]]) -> int:
+    """Save the final model and state, evaluate on the main process, write and print the metrics."""
+    logger.info("Training done at step %d.", trainer.state.global_step)
+    trainer.save_model(output_dir)
+    trainer.save_state()
+    logger.info("Saved the model and processor to %s.", output_dir)
+    if not trainer.is_world_process_zero():
+        return 0
+    metrics = evaluate()
+    metrics["global_step"] = float(trainer.state.global_step)
+    with open(os.path.join(output_dir, EVAL_RESULTS_NAME), "w") as handle:
+        json.dump(metrics, handle, indent=2, sort_keys=True)
+    print(json.dumps(metrics, sort_keys=True), flush=True)
+    return 0
+
+
+def _check_decoder_objectives(family_name: str, objectives) -> None:
+    """The captioning objective on a family without a text decoder: say which family has one (the trainer would
+    only say that the objective is unknown to the model, after the tokenizer is trained)."""
+
+    if "lm" in objectives and "lm" not in OBJECTIVES.get(FAMILIES[family_name].model_type, {}):
+        raise ValueError(
+            f"--objectives {','.join(objectives)}: 'lm' (captioning) needs a text decoder, which the {family_name!r} "
+            "family does not have; use --family captioning --preset coca-small (CoCa: itc and lm in one model), or "
+            "--family captioning alone for lm."
+        )
+
+
+def _is_finished(resume_from: str | None, training_args: TrainingArguments) -> bool:
+    # transformers' Trainer resumed from a checkpoint at max_steps still takes one more step: skip training instead.
+    return resume_from is not None and 0 < training_args.max_steps <= checkpoint_step(resume_from)
+
+
+def pretrain(argv: Sequence[str]) -> int:
+
+    push_args, argv = split_push_arguments(argv)
+    args, training_args = _pretrain_parser().parse_args_into_dataclasses(args=argv)
+    _setup_logging(training_args)
+    family = FAMILIES[args.family]
+    if args.family != "dual" and not any(item.startswith("--ddp-find-unused-parameters") for item in argv):
+        # Heads of objectives not trained (the MIM head and mask token without mim, ...) get no gradient, which DDP
+        # refuses unless told to look for unused parameters.
+        training_args.ddp_find_unused_parameters = True
+    check_family_options(args, args.family)
+    _check_text_model_options(args)
+    preset = args.preset or family.default_preset
+    default_objectives = family.default_objectives
+    if family.preset_objectives is not None and not args.objectives:
+        default_objectives = family.preset_objectives(get_preset_config(preset))
+    objectives = parse_objective_weights(args.objectives or default_objectives, args.objective_weights)
+    _check_decoder_objectives(args.family, objectives)
+    objective_args = VLPObjectiveArguments(
+        objectives=objectives,
+        local_loss=args.local_loss,
+        gather_with_grad=args.gather_with_grad,
+        itm_negative_ratio=args.itm_negative_ratio,
+        momentum_distill=args.momentum_distill,
+        momentum=args.momentum,
+        distill_alpha=args.distill_alpha,
+        queue_size=args.queue_size,
+    )
+    set_seed(training_args.seed)
+    output_dir = training_args.output_dir
+    resume_from = _resume_checkpoint(training_args, args.resume)
+
+    logger.info("vlp pretrain: family %s, preset %s, output %s", args.family, preset, output_dir)
+    config = build_config(args, preset)
+    if family.check_objectives is not None:
+        family.check_objectives(config, objective_args.objectives)
+    image_size = family.image_size(config)
+    regions = _uses_regions(config)
+    train_dataset, eval_dataset = load_datasets(
+        args, image_size, training_args.seed, region_features=config.visual_feat_dim if regions else 0
+    )
+    logger.info("Data: %d training and %d evaluation examples.", len(train_dataset), len(eval_dataset))
+
+    def build():
+        if args.text_model is not None:
+            return build_text_model_processor(args, image_size, args.max_text_length)
+        return build_processor(args, train_dataset, image_size, family.max_text_length(config), not regions)
+
+    processor = _prepare_processor(training_args, resume_from, build)
+    tokenizer = processor.tokenizer
+    config = build_config(args, preset, tokenizer)
+    max_text_length = min(family.max_text_length(config), tokenizer.model_max_length)
+
+    finished = _is_finished(resume_from, training_args)
+    if finished:
+        logger.info("%s already reached --max-steps %d: evaluating it.", resume_from, training_args.max_steps)
+        model = family.model_class().from_pretrained(resume_from)
+    else:
+        torch.manual_seed(training_args.seed)
+        if args.text_model is not None:
+            model = build_model_with_text_model(config, args.text_model)
+        else:
+            model = family.model_class()(config)
+    resolve_objectives(model, objective_args)  # fail before training when the family lacks an objective
+    logger.info(
+        "Model: %s (%s), %.2fM parameters; objectives %s.",
+        type(model).__name__, preset, sum(p.numel() for p in model.parameters()) / 1e6, objective_args.objectives,
+    )  # fmt: skip
+    collator_args = dict(
+        sample_captions=args.sample_captions, max_length=max_text_length, seed=training_args.seed,
+        random_crop_scale=args.random_crop_scale,
+    )  # fmt: skip
+    if args.family in ("dual", "captioning"):  # image-caption pairs; the lm objective makes its labels
+        collator = VLPCollator(processor, **collator_args)
+    else:
+        collator = VLPPretrainingCollator(
+            processor,
+            mlm_probability=args.mlm_probability if "mlm" in objective_args.objectives else 0.0,
+            mim_ratio=args.mim_ratio if "mim" in objective_args.objectives else 0.0,
+            patch_size=getattr(config, "patch_size", None),
+            visual_input=getattr(config, "visual_input", "patches"),
+            **collator_args,
+        )
+    trainer = VLPTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
+        data_collator=collator,
+        processing_class=processor,
+        objective_args=objective_args,
+    )
+    if finished:
+        trainer.state = TrainerState.load_from_json(os.path.join(resume_from, TRAINER_STATE_NAME))
+    else:
+        trainer.train(resume_from_checkpoint=resume_from)
+
+    def evaluate() -> dict[str, float]:
+        logger.info("Evaluating on %d examples.", len(eval_dataset))
+        return family.evaluate(model, processor, eval_dataset, training_args.per_device_eval_batch_size)
+
+    status = _finish(trainer, model, output_dir, evaluate)
+    if status == 0 and push_args is not None and trainer.is_world_process_zero():
+        description = SCENES_DESCRIPTION if args.dataset is None else None
+        status = push_run(push_args, output_dir, objective_args.objectives, args.dataset or "scenes", description)
+    return status

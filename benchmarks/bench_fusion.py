@@ -32,10 +32,8 @@ from collections.abc import Callable
 
 import torch
 
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_dual import synchronize, time_interleaved  # noqa: E402
-
 
 NAMES = ("ours", "LXMERT")
 SMALL = dict(
@@ -46,9 +44,9 @@ SMALL = dict(
 
 def build_models(small: bool, attn: str, seed: int):
     """LxmertForPreTraining (random weights) and our converted VLPFusionForPreTraining with the same weights."""
+    from modeling_vlp.conversion import common, convert_lxmert
     from transformers import LxmertConfig, LxmertForPreTraining
 
-    from modeling_vlp.conversion import common, convert_lxmert
     from modeling_vlp.modeling_fusion import VLPFusionForPreTraining
 
     torch.manual_seed(seed)
@@ -200,10 +198,11 @@ def all_pairs_scores(model, image_inputs: dict, text_inputs: dict, batch_size: i
 
 
 def bench_retrieval(small: bool, attn: str, n: int, k: int, batch_size: int, device, seed: int) -> dict:
+    from modeling_vlp.conversion import common, convert_lxmert
     from transformers import LxmertConfig
 
-    from modeling_vlp.conversion import common, convert_lxmert
-    from modeling_vlp.modeling_fusion import VLPFusionForImageTextRetrieval, rerank_retrieval
+    from modeling_vlp.evaluation.rerank import rerank_retrieval
+    from modeling_vlp.modeling_fusion_retrieval import VLPFusionForImageTextRetrieval
 
     source = LxmertConfig(**(SMALL if small else {}))
     config = convert_lxmert.convert_config(source, "LxmertModel")

@@ -50,7 +50,6 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
@@ -358,10 +357,11 @@ def run_ours(data_dir: str, output_dir: str, budget: dict, image_size: int, max_
              tokenizer_dir: str | None = None, text_model: str | None = None, preset: str = "dual-small",
              extra_argv: list[str] | None = None) -> dict:  # fmt: skip
     """`vlp pretrain --family dual` in-process, then the common evaluation of the saved model."""
+    from modeling_vlp.processors import VLPProcessor
+
     from modeling_vlp.commands import main
     from modeling_vlp.data.local import load_image_text_dataset
     from modeling_vlp.modeling_dual_encoder import VLPDualEncoderModel
-    from modeling_vlp.processors import VLPProcessor
 
     shutil.rmtree(output_dir, ignore_errors=True)
     argv = ["pretrain", "--family", "dual", "--preset", preset, "--dataset", data_dir, "--output-dir", output_dir,
@@ -418,7 +418,7 @@ def _plain_train(model, processor, data_dir: str, output_dir: str, budget: dict,
 
 def _vision_fields(preset: str, image_size: int) -> dict:
     """The CLIPVisionConfig fields of the preset's image tower at `image_size`."""
-    from modeling_vlp.configuration_vlp import get_preset_config
+    from modeling_vlp.presets import get_preset_config
 
     vision = get_preset_config(preset, vision_config={"image_size": image_size}).vision_config
     names = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
@@ -441,7 +441,7 @@ def _build_clip(tokenizer, budget: dict, image_size: int, max_text_length: int, 
     """`CLIPModel` with the towers of `preset` and the tokenizer's vocabulary and ids, seeded by the budget."""
     from transformers import CLIPConfig, CLIPModel, set_seed
 
-    from modeling_vlp.configuration_vlp import get_preset_config
+    from modeling_vlp.presets import get_preset_config
 
     preset_config = get_preset_config(preset)
     text = preset_config.text_config
@@ -473,8 +473,8 @@ def run_ours_from_clip_init(data_dir: str, output_dir: str, budget: dict, image_
     from modeling_vlp import VLPDualEncoderModel
     from modeling_vlp.commands.common import build_config, build_processor
     from modeling_vlp.commands.pretrain import _pretrain_parser
-    from modeling_vlp.training.collators import VLPCollator
     from modeling_vlp.data.local import load_image_text_dataset
+    from modeling_vlp.training.collators import VLPCollator
     from modeling_vlp.training.trainer import VLPTrainer
 
     recipe, _ = _pretrain_parser().parse_args_into_dataclasses(
@@ -500,12 +500,17 @@ def run_vision_text_dual_encoder(data_dir: str, output_dir: str, budget: dict, i
     """transformers' `VisionTextDualEncoderModel`: a `CLIPVisionModel` with the towers of `preset` + the pretrained
     text model, a plain `Trainer`."""
     from transformers import (
-        AutoModel, CLIPVisionConfig, CLIPVisionModel, VisionTextDualEncoderConfig, VisionTextDualEncoderModel, set_seed,
+        AutoModel,
+        CLIPVisionConfig,
+        CLIPVisionModel,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+        set_seed,
     )  # fmt: skip
 
     from modeling_vlp.commands.arguments import PretrainArguments
     from modeling_vlp.commands.common import build_text_model_processor
-    from modeling_vlp.configuration_vlp import get_preset_config
+    from modeling_vlp.presets import get_preset_config
 
     processor = build_text_model_processor(PretrainArguments(text_model=text_model), image_size, max_text_length)
     set_seed(budget["seed"])
@@ -520,8 +525,9 @@ def run_vision_text_dual_encoder(data_dir: str, output_dir: str, budget: dict, i
 
 def train_shared_tokenizer(data_dir: str, output_dir: str, vocab_size: int, max_text_length: int) -> str:
     """One SentencePiece tokenizer trained on the training captions, saved to `output_dir` for every run."""
-    from modeling_vlp.data.local import load_image_text_dataset
     from modeling_vlp.processors import VLPTokenizer
+
+    from modeling_vlp.data.local import load_image_text_dataset
 
     captions = load_image_text_dataset(data_dir)["train"]["caption"]
     tokenizer = VLPTokenizer.train_from_iterator(captions, vocab_size=vocab_size, model_max_length=max_text_length)

@@ -20,9 +20,10 @@ import sys
 import torch
 from transformers import AutoProcessor, BlipConfig, BlipForConditionalGeneration
 
-from ..configuration_vlp import VLPCaptioningConfig, get_preset_config
+from ..configuration_captioning import VLPCaptioningConfig
 from ..hub.push import push_after_conversion
 from ..modeling_captioning import VLPForConditionalGeneration
+from ..presets import get_preset_config
 from . import common
 
 TOKENIZER_FILES = (*common.TOKENIZER_FILES, "vocab.txt")

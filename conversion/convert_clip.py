@@ -11,7 +11,7 @@ import sys
 
 from transformers import CLIPModel
 
-from ..configuration_vlp import get_preset_config
+from ..presets import get_preset_config
 from . import common
 
 

@@ -23,13 +23,14 @@ from transformers import (
     LxmertModel,
 )
 
-from ..configuration_vlp import VLPFusionConfig, get_preset_config
+from ..configuration_fusion import VLPFusionConfig
 from ..hub.push import push_after_conversion
 from ..modeling_fusion import (
     VLPFusionForPreTraining,
     VLPFusionForQuestionAnswering,
     VLPFusionModel,
 )
+from ..presets import get_preset_config
 from ..processors import VLPProcessor
 from . import common
 

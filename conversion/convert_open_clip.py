@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..configuration_vlp import get_preset_config
+from ..presets import get_preset_config
 from ..processors import VLPImageProcessor
 from . import common
 

@@ -13,7 +13,7 @@ import sys
 
 from transformers import SiglipModel
 
-from ..configuration_vlp import get_preset_config
+from ..presets import get_preset_config
 from . import common
 
 STATE_DICT_RULES = (

@@ -31,7 +31,7 @@ from transformers import (
 )
 from transformers.image_processing_backends import TorchvisionBackend
 
-from ..configuration_vlp import VLPUnifiedConfig, get_preset_config
+from ..configuration_unified import VLPUnifiedConfig
 from ..hub.push import push_after_conversion
 from ..modeling_unified import (
     VLPUnifiedForImageTextRetrieval,
@@ -39,6 +39,7 @@ from ..modeling_unified import (
     VLPUnifiedForQuestionAnswering,
     VLPUnifiedModel,
 )
+from ..presets import get_preset_config
 from ..processors import VLPImageProcessor, VLPProcessor
 from . import common
 

@@ -26,13 +26,14 @@ from transformers import (
     VisualBertModel,
 )
 
-from ..configuration_vlp import VLPUnifiedConfig, get_preset_config
+from ..configuration_unified import VLPUnifiedConfig
 from ..hub.push import push_after_conversion
 from ..modeling_unified import (
     VLPUnifiedForPreTraining,
     VLPUnifiedForQuestionAnswering,
     VLPUnifiedModel,
 )
+from ..presets import get_preset_config
 from . import common
 from .convert_vilt import read_architecture, save
 

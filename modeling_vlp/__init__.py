@@ -8,17 +8,11 @@ from .version_check import check_transformers_version
 
 check_transformers_version()  # one clear line for an unsupported transformers, before any model code runs
 
-from .configuration_vlp import (  # noqa: E402
-    PRESETS,
-    VLPCaptioningConfig,
-    VLPDualEncoderConfig,
-    VLPFusionConfig,
-    VLPTextConfig,
-    VLPUnifiedConfig,
-    VLPVisionConfig,
-    get_preset_config,
-    preset_names,
-)
+from .configuration_captioning import VLPCaptioningConfig  # noqa: E402
+from .configuration_fusion import VLPFusionConfig  # noqa: E402
+from .configuration_unified import VLPUnifiedConfig  # noqa: E402
+from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig  # noqa: E402
+from .evaluation.rerank import VLPRerankedRetrieval, rerank_retrieval  # noqa: E402
 from .modeling_captioning import (  # noqa: E402
     VLPCaptioningModel,
     VLPCaptioningOutput,
@@ -31,12 +25,11 @@ from .modeling_dual_encoder import (  # noqa: E402
     VLPVisionModel,
 )
 from .modeling_fusion import (  # noqa: E402
-    VLPFusionForImageTextRetrieval,
     VLPFusionForPreTraining,
     VLPFusionForQuestionAnswering,
     VLPFusionModel,
-    rerank_retrieval,
 )
+from .modeling_fusion_retrieval import VLPFusionForImageTextRetrieval  # noqa: E402
 from .modeling_unified import (  # noqa: E402
     VLPUnifiedForImageTextRetrieval,
     VLPUnifiedForPreTraining,
@@ -50,6 +43,7 @@ from .pipelines import (  # noqa: E402
     VLPZeroShotImageClassificationPipeline,
     register_pipelines,
 )
+from .presets import PRESETS, get_preset_config, preset_names  # noqa: E402
 from .registration import AutoModelForImageTextRetrieval, register_auto_classes  # noqa: E402
 
 register_auto_classes()
@@ -74,6 +68,7 @@ __all__ = [
     "VLPFusionModel",
     "VLPImageTextRetrievalPipeline",
     "VLPImageTextToTextPipeline",
+    "VLPRerankedRetrieval",
     "VLPTextConfig",
     "VLPTextModel",
     "VLPUnifiedConfig",

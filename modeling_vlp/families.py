@@ -1,21 +1,50 @@
-"""TODO docstring"""
+"""The model families, each described once: its classes, default preset and objectives (with the trainer's
+implementation of each), how `vlp pretrain` builds and evaluates it, which `vlp evaluate` tasks it can do, how the
+retrieval pipeline ranks with it, and its model card text and Hub pipeline tag.
+
+The commands, `VLPTrainer` (through `training.register_objectives`), the pipelines and the Hub code all read
+`FAMILIES`; adding a family is adding one `Family` entry here and its model file.
+"""
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .evaluation.captioning import evaluate_captioning
 from .evaluation.embeddings import evaluate_dual_encoder
 from .evaluation.matching import evaluate_fusion_retrieval, evaluate_image_text_matching
+from .modeling_captioning import VLPCaptioningModel, VLPForConditionalGeneration
 from .modeling_dual_encoder import VLPDualEncoderModel
+from .modeling_fusion import (
+    VLPFusionForPreTraining,
+    VLPFusionForQuestionAnswering,
+    VLPFusionModel,
+)
+from .modeling_fusion_retrieval import VLPFusionForImageTextRetrieval
+from .modeling_unified import (
+    VLPUnifiedForImageTextRetrieval,
+    VLPUnifiedForPreTraining,
+    VLPUnifiedForQuestionAnswering,
+    VLPUnifiedModel,
+)
+from .training.trainer import (
+    Objective,
+    captioning_itc_objective,
+    fusion_itc_objective,
+    fusion_itm_objective,
+    fusion_mlm_objective,
+    itc_objective,
+    lm_objective,
+    matching_objective,
+    mim_objective,
+    mlm_objective,
+    prepare_itm_pairs,
+    prepare_lm_labels,
+    register_objectives,
+)
 
 logger = logging.getLogger("modeling_vlp.cli")
-
-# --------------------------------------------------------------------------------------------------------------
-# Families
-# --------------------------------------------------------------------------------------------------------------
-
 
 def _evaluate_dual(model, processor, eval_dataset, batch_size: int) -> dict[str, float]:
 
@@ -119,19 +148,123 @@ def _unified_overrides(args, base, tokenizer) -> dict:
     return {key: value for key, value in overrides.items() if value is not None}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Model cards: architecture lines read from config.json
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _describe_vision(vision: Mapping) -> str:
+    if vision.get("model_type", "vlp_vision") != "vlp_vision":
+        return f"a `{vision.get('model_type')}` image encoder (width {vision.get('hidden_size')})"
+    return (
+        f"a ViT with {vision.get('num_hidden_layers')} layers, width {vision.get('hidden_size')}, "
+        f"{vision.get('num_attention_heads')} heads, on {vision.get('image_size')}px images cut in "
+        f"{vision.get('patch_size')}px patches"
+    )
+
+
+def _describe_text(text: Mapping) -> str:
+    if text.get("model_type", "vlp_text") != "vlp_text":
+        return f"a `{text.get('model_type')}` text encoder (width {text.get('hidden_size')})"
+    kind = "causal" if text.get("causal") else "bidirectional"
+    return (
+        f"a {kind} transformer with {text.get('num_hidden_layers')} layers, width {text.get('hidden_size')}, "
+        f"{text.get('num_attention_heads')} heads, a {text.get('vocab_size')}-token vocabulary and up to "
+        f"{text.get('max_position_embeddings')} tokens"
+    )
+
+
+def _describe_visual_input(config: Mapping, patches: str) -> str:
+    if config.get("visual_input") == "regions":
+        return (
+            f"detector region features ({config.get('visual_feat_dim')}-d, with "
+            f"{config.get('visual_pos_dim', 4)}-d boxes) instead of pixels"
+        )
+    return patches
+
+
+def _describe_dual(config: Mapping) -> list[str]:
+    vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
+    loss = {"softmax": "softmax (CLIP's InfoNCE)", "sigmoid": "sigmoid (SigLIP's pairwise)"}.get(
+        config.get("loss_type"), config.get("loss_type")
+    )
+    return [
+        f"Image tower: {_describe_vision(vision)}.",
+        f"Text tower: {_describe_text(text)}.",
+        f"Both project to a shared {config.get('projection_dim')}-d embedding, scored by the {loss} contrastive loss.",
+    ]
+
+
+def _describe_unified(config: Mapping) -> list[str]:
+    visual = _describe_visual_input(
+        config, f"image patches ({config.get('image_size')}px images, {config.get('patch_size')}px patches)"
+    )
+    return [
+        f"One transformer over `[text; visual]` tokens: {config.get('num_hidden_layers')} layers, width "
+        f"{config.get('hidden_size')}, {config.get('num_attention_heads')} heads "
+        f"({'pre' if config.get('pre_norm') else 'post'}-norm).",
+        f"Text: a {config.get('vocab_size')}-token vocabulary, up to {config.get('max_position_embeddings')} "
+        f"tokens. Visual tokens: {visual}.",
+    ]
+
+
+def _describe_fusion(config: Mapping) -> list[str]:
+    vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
+    return [
+        f"Text encoder: {_describe_text(text)}.",
+        f"Image encoder: {_describe_visual_input(config, _describe_vision(vision))}.",
+        f"Fusion: {config.get('num_fusion_layers')} `{config.get('fusion_type')}` layers over both streams.",
+    ]
+
+
+def _describe_captioning(config: Mapping) -> list[str]:
+    vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
+    lines = [
+        f"Image encoder: {_describe_vision(vision)}.",
+        f"Text decoder: {_describe_text(text)}, cross-attending to the image tokens.",
+    ]
+    if config.get("projection_dim") is not None:
+        lines.append(
+            f"Contrastive head (CoCa): image and unimodal text features project to a shared "
+            f"{config.get('projection_dim')}-d embedding."
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The families
+# --------------------------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Family:
-    """What `vlp pretrain` / `vlp finetune` need to know about a model family."""
+    """Everything the commands, the trainer, the evaluation, the pipelines and the Hub code know about a family.
 
+    `classes` names the family's model classes by role: "base" (the bare model), "pretraining" (what `vlp pretrain`
+    trains and saves), and where they exist "question_answering" (`vlp finetune`), "retrieval" (ITM head only) and
+    "generation".
+    """
+
+    name: str  # `vlp pretrain --family NAME`
     model_type: str  # `config.model_type` of the family's checkpoints
+    summary: str  # "A <size> vision-language <summary>, saved with modeling_vlp ..." on the model card
+    classes: Mapping[str, type]
     default_preset: str
     default_objectives: tuple[str, ...]
-    model_class: Callable[[], type]  # the pretraining class (imported on use)
-    question_answering_class: Callable[[], type] | None
+    objectives: Mapping[str, Objective]  # what VLPTrainer trains the family with, by objective name
     config_overrides: Callable  # (args, preset config, tokenizer or None) -> get_preset_config overrides
     image_size: Callable  # config -> input image side
     max_text_length: Callable  # config -> text positions
-    evaluate: Callable  # (model, processor, eval_dataset, batch_size) -> flat dict of floats
+    evaluate: Callable  # (model, processor, eval_dataset, batch_size) -> flat dict of floats, after `vlp pretrain`
+    evaluation_tasks: Mapping[str, str]  # `vlp evaluate --task` -> role of the class it loads by default
+    describe: Callable[[Mapping], list[str]]  # config.json -> the model card's architecture lines
+    pipeline_tags: Mapping[str, str]  # class role -> Hub pipeline tag ("*": any other role)
+    # How the "image-text-retrieval" pipeline ranks: "embeddings" (cosine of the two towers), "rerank" (ALBEF's ITC
+    # shortlist re-scored by ITM, or ITM on every pair without ITC head), "match" (ITM on every pair, or on a dual
+    # encoder's shortlist); None: no retrieval. `retrieval_roles`: the classes that can rank.
+    retrieval_ranking: str | None = None
+    retrieval_roles: tuple[str, ...] = ()
+    masked_inputs: bool = False  # `vlp pretrain` batches through VLPPretrainingCollator (MLM / MIM masks, ITM ids)
     # Command-line options that have no meaning for the family (named in the error when given).
     unused_options: tuple[str, ...] = ()
     # Preset config -> default objectives, when they depend on the preset (CoCa presets add itc to lm).
@@ -139,68 +272,118 @@ class Family:
     # (config, objectives) -> None; raises before training for objectives the config cannot train.
     check_objectives: Callable | None = None
 
+    @property
+    def model_class(self) -> type:
+        return self.classes["pretraining"]
 
-def _lazy_class(module: str, name: str) -> Callable[[], type]:
-    def load() -> type:
-        import importlib
+    @property
+    def question_answering_class(self) -> type | None:
+        return self.classes.get("question_answering")
 
-        return getattr(importlib.import_module(f"modeling_vlp.{module}"), name)
+    def role_of(self, class_name: str | None) -> str | None:
+        return next((role for role, cls in self.classes.items() if cls.__name__ == class_name), None)
 
-    return load
+    def pipeline_tag(self, class_name: str | None) -> str:
+        return self.pipeline_tags.get(self.role_of(class_name), self.pipeline_tags["*"])
 
 
-FAMILIES: dict[str, Family] = {
-    "dual": Family(
+_MIM = Objective(mim_objective)
+FAMILY_LIST = (
+    Family(
+        name="dual",
         model_type="vlp_dual_encoder",
+        summary="dual encoder (separate image and text towers scored by a dot product, CLIP / SigLIP style)",
+        classes={"base": VLPDualEncoderModel, "pretraining": VLPDualEncoderModel},
         default_preset="dual-small",
         default_objectives=("itc",),
-        model_class=lambda: VLPDualEncoderModel,
-        question_answering_class=None,
+        objectives={"itc": Objective(itc_objective)},
         config_overrides=_dual_overrides,
         image_size=lambda config: config.vision_config.image_size,
         max_text_length=lambda config: config.text_config.max_position_embeddings,
         evaluate=_evaluate_dual,
+        evaluation_tasks={"retrieval": "base", "zero-shot": "base"},
+        describe=_describe_dual,
+        pipeline_tags={"*": "zero-shot-image-classification"},
+        retrieval_ranking="embeddings",
+        retrieval_roles=("base",),
         unused_options=(
             "layers", "width", "heads", "fusion_layers", "mlm_probability", "mim_ratio", "momentum_distill",
         ),
     ),  # fmt: skip
-    "unified": Family(
+    Family(
+        name="unified",
         model_type="vlp_unified",
+        summary="unified single-stream encoder (one transformer over text and visual tokens, ViLT / VisualBERT / "
+        "UNITER style)",
+        classes={
+            "base": VLPUnifiedModel, "pretraining": VLPUnifiedForPreTraining,
+            "question_answering": VLPUnifiedForQuestionAnswering, "retrieval": VLPUnifiedForImageTextRetrieval,
+        },  # fmt: skip
         default_preset="unified-small",
         default_objectives=("itm", "mlm"),
-        model_class=_lazy_class("modeling_unified", "VLPUnifiedForPreTraining"),
-        question_answering_class=_lazy_class("modeling_unified", "VLPUnifiedForQuestionAnswering"),
+        objectives={
+            "itm": Objective(matching_objective, prepare=prepare_itm_pairs), "mlm": Objective(mlm_objective),
+            "mim": _MIM,
+        },  # fmt: skip
         config_overrides=_unified_overrides,
         image_size=lambda config: config.image_size,
         max_text_length=lambda config: config.max_position_embeddings,
         evaluate=_evaluate_matching,
+        evaluation_tasks={"retrieval": "retrieval", "vqa": "question_answering"},
+        describe=_describe_unified,
+        pipeline_tags={"question_answering": "visual-question-answering", "*": "feature-extraction"},
+        retrieval_ranking="match",
+        retrieval_roles=("retrieval", "pretraining"),
+        masked_inputs=True,
         unused_options=(
             "vision_layers", "vision_width", "vision_heads", "text_layers", "text_width", "text_heads",
             "projection_dim", "loss_type", "local_loss", "fusion_layers", "momentum_distill",
         ),
     ),  # fmt: skip
-    "fusion": Family(
+    Family(
+        name="fusion",
         model_type="vlp_fusion",
+        summary="fusion encoder (text and image encoders joined by fusion layers, LXMERT / ALBEF style)",
+        classes={
+            "base": VLPFusionModel, "pretraining": VLPFusionForPreTraining,
+            "question_answering": VLPFusionForQuestionAnswering, "retrieval": VLPFusionForImageTextRetrieval,
+        },  # fmt: skip
         default_preset="fusion-small",
         default_objectives=("itc", "itm", "mlm"),
-        model_class=_lazy_class("modeling_fusion", "VLPFusionForPreTraining"),
-        question_answering_class=_lazy_class("modeling_fusion", "VLPFusionForQuestionAnswering"),
+        objectives={
+            "itc": Objective(fusion_itc_objective), "itm": Objective(fusion_itm_objective),
+            "mlm": Objective(fusion_mlm_objective), "mim": _MIM,
+        },  # fmt: skip
         config_overrides=_fusion_overrides,
         image_size=lambda config: config.vision_config.image_size,
         max_text_length=lambda config: config.text_config.max_position_embeddings,
         evaluate=_evaluate_fusion,
+        evaluation_tasks={"retrieval": "retrieval", "zero-shot": "base", "vqa": "question_answering"},
+        describe=_describe_fusion,
+        pipeline_tags={"question_answering": "visual-question-answering", "*": "feature-extraction"},
+        retrieval_ranking="rerank",
+        retrieval_roles=("retrieval", "pretraining"),
+        masked_inputs=True,
         unused_options=("layers", "width", "heads", "loss_type"),
-    ),
-    "captioning": Family(
+    ),  # fmt: skip
+    Family(
+        name="captioning",
         model_type="vlp_captioning",
+        summary="captioning model (an image encoder and a text decoder cross-attending to it, BLIP / CoCa style)",
+        classes={"base": VLPCaptioningModel, "pretraining": VLPForConditionalGeneration,
+                 "generation": VLPForConditionalGeneration},  # fmt: skip
         default_preset="captioning-small",
         default_objectives=("lm",),
-        model_class=_lazy_class("modeling_captioning", "VLPForConditionalGeneration"),
-        question_answering_class=None,
+        objectives={
+            "itc": Objective(captioning_itc_objective), "lm": Objective(lm_objective, prepare=prepare_lm_labels),
+        },  # fmt: skip
         config_overrides=_captioning_overrides,
         image_size=lambda config: config.vision_config.image_size,
         max_text_length=lambda config: config.text_config.max_position_embeddings,
         evaluate=_evaluate_captioning,
+        evaluation_tasks={"captioning": "generation"},
+        describe=_describe_captioning,
+        pipeline_tags={"generation": "image-text-to-text", "*": "feature-extraction"},
         unused_options=(
             "layers", "width", "heads", "fusion_layers", "loss_type", "mlm_probability", "mim_ratio",
             "momentum_distill",
@@ -208,7 +391,40 @@ FAMILIES: dict[str, Family] = {
         preset_objectives=lambda config: ("itc", "lm") if config.projection_dim is not None else ("lm",),
         check_objectives=_check_captioning_objectives,
     ),  # fmt: skip
-}
+)
+FAMILIES: dict[str, Family] = {family.name: family for family in FAMILY_LIST}
+FAMILIES_BY_MODEL_TYPE: dict[str, Family] = {family.model_type: family for family in FAMILY_LIST}
+for _family in FAMILY_LIST:
+    register_objectives(_family.model_type, _family.objectives)
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A single tower saved on its own (`VLPVisionModel`, `VLPTextModel`): what its model card says."""
+
+    summary: str
+    describe: Callable[[Mapping], list[str]]
+    pipeline_tag: str
+
+
+TOWERS: dict[str, Tower] = {
+    "vlp_vision": Tower(
+        "image encoder (the vision tower of a modeling_vlp model)",
+        lambda config: [f"Image encoder: {_describe_vision(config)}."], "image-feature-extraction",
+    ),
+    "vlp_text": Tower(
+        "text encoder (the text tower of a modeling_vlp model)",
+        lambda config: [f"Text encoder: {_describe_text(config)}."], "feature-extraction",
+    ),
+}  # fmt: skip
+
+
+def family_of(model_or_config) -> Family | None:
+    """The family of a model, a config or a config.json dict (by `model_type`); None for other models."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = config.get("model_type") if isinstance(config, Mapping) else getattr(config, "model_type", None)
+    return FAMILIES_BY_MODEL_TYPE.get(model_type)
+
 
 # Generated captions shown in the log after a captioning run.
 CAPTION_EXAMPLES = 3

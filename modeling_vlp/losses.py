@@ -127,3 +127,86 @@ def normalized_patch_targets(pixel_values: torch.Tensor, patch_size: int, eps: f
 def itm_log_odds(itm_logits: torch.Tensor) -> torch.Tensor:
     """(B, 2) ITM logits [no match, match] -> (B,) log-odds of a match: the score that ranks pairs."""
     return itm_logits[:, 1] - itm_logits[:, 0]
+
+
+def masked_patch_loss(
+    predictions: torch.Tensor,
+    pixel_values: torch.Tensor,
+    patch_size: int,
+    mim_mask: torch.Tensor,
+    token_index: torch.Tensor | None = None,
+    token_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Masked patch modelling: MSE between predicted and per-patch normalised pixels (MAE's `norm_pix_loss`) over
+    the masked patches `mim_mask` (B, num_patches). `predictions` (B, N, patch_size**2 * channels) are one per patch
+    in raster order, or, with `token_index` (B, N), of the patch each visual token came from (a unified model's
+    sampled patches), counted where `token_mask` (B, N) is set."""
+    targets = normalized_patch_targets(pixel_values, patch_size)
+    mask = mim_mask.bool()
+    if token_index is not None:
+        targets = targets.gather(1, token_index.unsqueeze(-1).expand(-1, -1, targets.shape[-1]))
+        mask = mask.gather(1, token_index) & token_mask.bool()
+    errors = (predictions.float() - targets).pow(2).mean(dim=-1)
+    return masked_mean_of(errors, mask)
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """The VQA loss. Answer indices `(B,)`: cross-entropy (LXMERT's pretraining QA task). Soft scores
+    `(B, num_labels)` in [0, 1]: `kind="bce"`, binary cross-entropy per answer times `num_labels` (summed over
+    answers, as LXMERT, ViLT and ban-vqa), or "kl", the KL divergence of the softmax to the scores (VisualBERT)."""
+    if labels.ndim == 1 and not labels.is_floating_point():
+        return F.cross_entropy(logits, labels.to(logits.device))
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"Answer labels must be indices of shape ({logits.shape[0]},) or soft scores of shape "
+            f"{tuple(logits.shape)}, got shape {tuple(labels.shape)} ({labels.dtype})."
+        )
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(logits, dim=-1), labels.to(logits), reduction="batchmean")
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits)) * labels.shape[1]
+
+
+def lxmert_region_loss(
+    predictions: dict[str, torch.Tensor],
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    visual_loss_normalizer: float,
+) -> torch.Tensor:
+    """LXMERT's visual losses. `targets[name] = (labels, weights)` with weights `(B, N)` (the masked regions, or
+    detector confidences). Classes ("obj", "attr") are indices `(B, N)` (cross-entropy) or distributions
+    `(B, N, C)` (soft cross-entropy, UNITER's MRC-kl); "feat" is `(B, N, visual_feat_dim)` (smooth L1, averaged
+    over the feature). Each is `(loss * weights).mean() * visual_loss_normalizer`, and they are summed."""
+    total = None
+    for name, (labels, weights) in targets.items():
+        scores = predictions[name]
+        if name == "feat":
+            loss = F.smooth_l1_loss(scores, labels.to(scores), reduction="none").mean(-1)
+        elif labels.is_floating_point():
+            loss = -(labels.to(scores) * F.log_softmax(scores, dim=-1)).sum(-1)
+        else:
+            loss = F.cross_entropy(scores.flatten(0, -2), labels.reshape(-1), reduction="none").view(labels.shape)
+        loss = (loss * weights.to(loss)).mean() * visual_loss_normalizer
+        total = loss if total is None else total + loss
+    return total
+
+
+
+def uniter_region_losses(
+    predictions, class_logits, visual_feats, region_mask, region_labels=None, region_class_scores=None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """UNITER's MRFR (MSE to the original features) and MRC (KL to the detector's class distribution, or
+    cross-entropy to a class id, -100 ignored) over the masked regions `region_mask` (B, N)."""
+    errors = (predictions.float() - visual_feats.float()).pow(2).mean(dim=-1)
+    regression = masked_mean_of(errors, region_mask)
+    if class_logits is None or (region_labels is None and region_class_scores is None):
+        return regression, None
+    log_probs = F.log_softmax(class_logits.float(), dim=-1)
+    if region_class_scores is not None:
+        divergence = F.kl_div(log_probs, region_class_scores.float(), reduction="none").sum(dim=-1)
+        return regression, masked_mean_of(divergence, region_mask)
+    losses = F.nll_loss(log_probs.transpose(1, 2), region_labels, ignore_index=-100, reduction="none")
+    return regression, masked_mean_of(losses, region_mask & (region_labels != -100))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------------------

@@ -11,14 +11,16 @@ from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 
-from .configuration_vlp import VLPCaptioningConfig
+from .configuration_captioning import VLPCaptioningConfig
 from .losses import contrastive_loss
-from .modeling_dual_encoder import VLPVisionModel, check_input_ids, check_pixel_values
+from .modeling_dual_encoder import VLPVisionModel
 from .modeling_layers import (
     VLPPredictionHeadTransform,
     VLPPreTrainedModel,
     VLPTextEmbeddings,
     VLPTransformerLayer,
+    check_input_ids,
+    check_pixel_values,
     decoder_attention_mask,
     pool_text,
 )

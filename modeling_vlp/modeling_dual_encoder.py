@@ -19,6 +19,8 @@ from .modeling_layers import (
     VLPPatchEmbeddings,
     VLPPreTrainedModel,
     VLPTextEmbeddings,
+    check_input_ids,
+    check_pixel_values,
     masked_mean,
     pool_text,
     self_attention_mask,
@@ -58,29 +60,6 @@ class VLPDualEncoderOutput(ModelOutput):
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
-
-
-def check_pixel_values(pixel_values: torch.Tensor | None, num_channels: int) -> None:
-    if pixel_values is None:
-        raise ValueError("`pixel_values` is required: pass images through the processor first.")
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}.")
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
-        raise ValueError(
-            f"`pixel_values` must have shape (batch_size, {num_channels}, height, width), "
-            f"got {tuple(pixel_values.shape)}."
-        )
-
-
-def check_input_ids(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
-    if input_ids is None:
-        raise ValueError("`input_ids` is required: pass texts through the tokenizer or processor first.")
-    if input_ids.ndim != 2:
-        raise ValueError(f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has {tuple(input_ids.shape)}."
-        )
 
 
 class VLPVisionModel(VLPPreTrainedModel):

@@ -22,22 +22,18 @@ from transformers import (
     AutoTokenizer,
 )
 
-from .configuration_vlp import (
-    VLPCaptioningConfig,
-    VLPDualEncoderConfig,
-    VLPFusionConfig,
-    VLPTextConfig,
-    VLPUnifiedConfig,
-    VLPVisionConfig,
-)
+from .configuration_captioning import VLPCaptioningConfig
+from .configuration_fusion import VLPFusionConfig
+from .configuration_unified import VLPUnifiedConfig
+from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig
 from .modeling_captioning import VLPCaptioningModel, VLPForConditionalGeneration
 from .modeling_dual_encoder import VLPDualEncoderModel, VLPTextModel, VLPVisionModel
 from .modeling_fusion import (
-    VLPFusionForImageTextRetrieval,
     VLPFusionForPreTraining,
     VLPFusionForQuestionAnswering,
     VLPFusionModel,
 )
+from .modeling_fusion_retrieval import VLPFusionForImageTextRetrieval
 from .modeling_unified import (
     VLPUnifiedForImageTextRetrieval,
     VLPUnifiedForPreTraining,

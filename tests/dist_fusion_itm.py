@@ -15,8 +15,11 @@ import torch
 import torch.distributed as dist
 
 from modeling_vlp import VLPFusionForPreTraining, get_preset_config
-from modeling_vlp import trainer as trainer_module
-from modeling_vlp.training.trainer import VLPObjectiveArguments, compute_objective_losses
+from modeling_vlp.training import trainer as trainer_module
+from modeling_vlp.training.trainer import (
+    VLPObjectiveArguments,
+    compute_objective_losses,
+)
 
 
 def main(out_dir: str) -> None:

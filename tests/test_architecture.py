@@ -12,7 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "modeling_vlp.version_check": 0,
     "modeling_vlp.transformers_compat": 0,
-    "modeling_vlp.configuration_vlp": 0,
+    "modeling_vlp.configuration_": 0,
+    "modeling_vlp.presets": 0,
     "modeling_vlp.modeling_": 0,
     "modeling_vlp.losses": 0,
     "modeling_vlp.processors": 0,
@@ -28,7 +29,7 @@ LAYERS = {
 }
 TOP = "modeling_vlp"  # the package's __init__: the public API, imports everything
 # Files a checkpoint carries as remote code: configs, layers, models, their heads and losses (and the seam).
-MODEL_LAYER = ("modeling_vlp.configuration_vlp", "modeling_vlp.modeling_", "modeling_vlp.losses",
+MODEL_LAYER = ("modeling_vlp.configuration_", "modeling_vlp.modeling_", "modeling_vlp.losses",
                "modeling_vlp.transformers_compat")  # fmt: skip
 
 

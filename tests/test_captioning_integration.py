@@ -10,24 +10,26 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from hub_server import DEFAULT_TOKEN
 from huggingface_hub import HfApi
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import modeling_vlp  # noqa: F401  (registers the Auto classes and pipelines)
-from modeling_vlp.families import FAMILIES
+from modeling_vlp.commands import main
 from modeling_vlp.commands.arguments import PretrainArguments
 from modeling_vlp.commands.common import build_config, build_processor
-from modeling_vlp.commands import main
-from modeling_vlp.configuration_vlp import get_preset_config
-from modeling_vlp.data.scenes import make_scenes_dataset
 from modeling_vlp.commands.evaluate import evaluate_command, images_with_references
-from modeling_vlp.evaluation.captioning import caption_references, evaluate_captioning, generate_captions
+from modeling_vlp.data.scenes import make_scenes_dataset
+from modeling_vlp.evaluation.captioning import (
+    caption_references,
+    evaluate_captioning,
+    generate_captions,
+)
+from modeling_vlp.families import FAMILIES
 from modeling_vlp.modeling_captioning import VLPForConditionalGeneration
 from modeling_vlp.pipelines import VLPImageTextToTextPipeline
-
-from hub_server import DEFAULT_TOKEN
-
+from modeling_vlp.presets import get_preset_config
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from modeling_vlp.conversion import convert_lxmert
 from transformers import (
     AutoTokenizer,
     BertTokenizer,
@@ -25,10 +26,12 @@ from transformers import (
     LxmertModel,
 )
 
-from modeling_vlp.configuration_vlp import PRESETS
-from modeling_vlp.conversion import convert_lxmert
-from modeling_vlp.modeling_fusion import VLPFusionForPreTraining, VLPFusionForQuestionAnswering, VLPFusionModel
-
+from modeling_vlp.modeling_fusion import (
+    VLPFusionForPreTraining,
+    VLPFusionForQuestionAnswering,
+    VLPFusionModel,
+)
+from modeling_vlp.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

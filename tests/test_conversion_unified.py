@@ -18,6 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from modeling_vlp.conversion import convert_vilt, convert_visualbert
+from modeling_vlp.processors import VLPImageProcessor, VLPProcessor
 from PIL import Image
 from transformers import (
     BertTokenizer,
@@ -33,16 +35,13 @@ from transformers import (
     VisualBertModel,
 )
 
-from modeling_vlp.configuration_vlp import PRESETS
-from modeling_vlp.conversion import convert_vilt, convert_visualbert
 from modeling_vlp.modeling_unified import (
     VLPUnifiedForImageTextRetrieval,
     VLPUnifiedForPreTraining,
     VLPUnifiedForQuestionAnswering,
     VLPUnifiedModel,
 )
-from modeling_vlp.processors import VLPImageProcessor, VLPProcessor
-
+from modeling_vlp.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

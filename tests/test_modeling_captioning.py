@@ -5,13 +5,19 @@ generation for greedy, beam search and sampling), input errors, save/load, and t
 import pytest
 import torch
 from transformers import TrainingArguments
-
-from modeling_vlp.configuration_vlp import VLPCaptioningConfig, get_preset_config
-from modeling_vlp.modeling_captioning import VLPCaptioningModel, VLPForConditionalGeneration
-from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
-
 from vlp_testing import RowsDataset
 
+from modeling_vlp.configuration_captioning import VLPCaptioningConfig
+from modeling_vlp.modeling_captioning import (
+    VLPCaptioningModel,
+    VLPForConditionalGeneration,
+)
+from modeling_vlp.presets import get_preset_config
+from modeling_vlp.training.trainer import (
+    VLPObjectiveArguments,
+    VLPTrainer,
+    compute_objective_losses,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,17 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_vlp.configuration_vlp import PRESETS, VLPFusionConfig
+from modeling_vlp.configuration_fusion import VLPFusionConfig
 from modeling_vlp.evaluation.ranking import retrieval_metrics
+from modeling_vlp.evaluation.rerank import rerank_retrieval
+from modeling_vlp.losses import patchify
 from modeling_vlp.modeling_fusion import (
-    VLPFusionForImageTextRetrieval,
     VLPFusionForPreTraining,
     VLPFusionForQuestionAnswering,
     VLPFusionModel,
-    rerank_retrieval,
 )
-from modeling_vlp.losses import patchify
-
+from modeling_vlp.modeling_fusion_retrieval import VLPFusionForImageTextRetrieval
+from modeling_vlp.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -540,19 +540,19 @@ def test_rerank_argument_errors():
     model = tiny_model("merge-patches", VLPFusionForImageTextRetrieval)
     text, images = make_text(), make_images(model.config)
     with pytest.raises(ValueError, match=r"`k` \(4\) is larger than the number of candidate images \(3\)"):
-        model.rank(images, text, k=4)
+        rerank_retrieval(model, images, text, k=4)
     with pytest.raises(ValueError, match=r"`k` \(4\) is larger than the number of candidate texts \(3\)"):
-        model.rank(make_images(model.config, batch=5), text, k=4, image_ids=torch.tensor([0, 1, 2]))
+        rerank_retrieval(model, make_images(model.config, batch=5), text, k=4, image_ids=torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="several captions share an image, pass `image_ids`"):
-        model.rank(make_images(model.config, batch=2), text, k=1)
+        rerank_retrieval(model, make_images(model.config, batch=2), text, k=1)
     with pytest.raises(ValueError, match=r"`image_ids` must index the 2 images"):
-        model.rank(make_images(model.config, batch=2), text, k=1, image_ids=torch.tensor([0, 1, 2]))
+        rerank_retrieval(model, make_images(model.config, batch=2), text, k=1, image_ids=torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"`image_ids` must hold one integer image index per text"):
-        model.rank(images, text, k=1, image_ids=torch.tensor([0, 1]))
+        rerank_retrieval(model, images, text, k=1, image_ids=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="same batch size"):
-        model.rank(images, {**text, "attention_mask": text["attention_mask"][:2]}, k=1)
+        rerank_retrieval(model, images, {**text, "attention_mask": text["attention_mask"][:2]}, k=1)
     with pytest.raises(ValueError, match="unknown keys"):
-        model.rank({**images, "pixels": images["pixel_values"]}, text, k=1)
+        rerank_retrieval(model, {**images, "pixels": images["pixel_values"]}, text, k=1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -566,7 +566,7 @@ def test_rerank_equals_brute_force_itm_on_the_top_k(variant):
     model = tiny_model(variant, VLPFusionForImageTextRetrieval)
     image_ids = torch.tensor([0, 0, 1, 2, 2, 3, 4, 4])  # several captions per image
     images, text = make_images(model.config, batch=num_images), make_text(batch=num_texts)
-    ranking = model.rank(images, text, k=k, batch_size=4, image_ids=image_ids)  # more pairs than one batch
+    ranking = rerank_retrieval(model, images, text, k=k, batch_size=4, image_ids=image_ids)  # more pairs than one batch
     # Brute force: the ITM head on every (image, text) pair, each through the full forward pass.
     pairs_image = torch.arange(num_images).repeat_interleave(num_texts)
     pairs_text = torch.arange(num_texts).repeat(num_images)

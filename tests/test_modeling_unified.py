@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from transformers import ViltConfig, ViltModel, VisualBertConfig, VisualBertModel
 
-from modeling_vlp.configuration_vlp import PRESETS, VLPUnifiedConfig, get_preset_config
+from modeling_vlp.configuration_unified import VLPUnifiedConfig
 from modeling_vlp.modeling_unified import (
     VLPUnifiedForImageTextRetrieval,
     VLPUnifiedForPreTraining,
     VLPUnifiedForQuestionAnswering,
     VLPUnifiedModel,
 )
-
+from modeling_vlp.presets import PRESETS, get_preset_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,12 +12,17 @@ import torch
 from transformers import AutoConfig, DynamicCache, EncoderDecoderCache
 
 from modeling_vlp import transformers_compat
-from modeling_vlp.configuration_vlp import get_preset_config
-from modeling_vlp.modeling_captioning import VLPCaptioningModelOutput, VLPForConditionalGeneration
+from modeling_vlp.modeling_captioning import (
+    VLPCaptioningModelOutput,
+    VLPForConditionalGeneration,
+)
 from modeling_vlp.modeling_dual_encoder import VLPDualEncoderModel
+from modeling_vlp.presets import get_preset_config
 from modeling_vlp.registration import AutoModelForImageTextRetrieval
-from modeling_vlp.version_check import SUPPORTED_TRANSFORMERS, check_transformers_version
-
+from modeling_vlp.version_check import (
+    SUPPORTED_TRANSFORMERS,
+    check_transformers_version,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

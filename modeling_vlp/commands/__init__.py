@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch.distributed as dist
 
+from .arguments import run_subcommand
 from .convert import convert_command
 from .evaluate import evaluate_command
 from .finetune import finetune
@@ -39,16 +40,11 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"vlp: unknown command {command!r}.\n\n{_usage()}", file=sys.stderr)
-        return 2
+    def unknown(command: str) -> str:
+        return f"vlp: unknown command {command!r}.\n\n{_usage()}"
+
     try:
-        return COMMANDS[command][0](rest)
+        return run_subcommand(sys.argv[1:] if argv is None else argv, COMMANDS, _usage(), unknown)
     finally:
         _close_process_group()
 

@@ -1,11 +1,14 @@
-"""The options of `vlp pretrain` (shared by `vlp finetune` and `vlp evaluate`) and the CPU-sized training defaults."""
+"""The options of `vlp pretrain` (shared by `vlp finetune` and `vlp evaluate`), the CPU-sized training defaults and
+`run_subcommand`, the dispatch of `vlp COMMAND` and `vlp convert SOURCE_KIND`."""
 
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from ..configuration_vlp import preset_names
 from ..families import FAMILIES
+from ..presets import preset_names
 
 
 @dataclass
@@ -154,3 +157,23 @@ FINETUNE_DEFAULTS = dict(
     CPU_TRAINING_DEFAULTS, max_steps=600, learning_rate=3e-4, warmup_steps=0.1, eval_strategy="steps",
     eval_steps=200, save_steps=200, weight_decay=0.01, dataloader_drop_last=False,
 )  # fmt: skip
+
+
+def run_subcommand(
+    argv: Sequence[str],
+    table: dict[str, tuple[Callable[[Sequence[str]], int], str]],
+    usage: str,
+    unknown: Callable[[str], str],
+) -> int:
+    """Run the entry of `table` (`{name: (function argv -> exit status, summary)}`) that `argv[0]` names on the rest
+    of `argv`. With no arguments print `usage` and return 2, with -h / --help print it and return 0; an unknown name
+    prints `unknown(name)` to stderr and returns 2."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in table:
+        print(unknown(name), file=sys.stderr)
+        return 2
+    return table[name][0](rest)

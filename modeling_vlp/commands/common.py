@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from transformers import AutoConfig, AutoTokenizer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..configuration_vlp import get_preset_config
 from ..data.local import (
     load_image_text_dataset,
     load_region_text_dataset,
@@ -24,6 +23,7 @@ from ..hub.push import (
     push_kwargs_from_args,
 )
 from ..modeling_dual_encoder import VLPDualEncoderModel, VLPTextModel, _load_tower
+from ..presets import get_preset_config
 from ..processors.image_processing_vlp import VLPImageProcessor
 from ..processors.processing_vlp import VLPProcessor
 from ..processors.tokenization_vlp import VLPTokenizer

@@ -4,7 +4,6 @@ Each source kind is one converter of `modeling_vlp.conversion` (also runnable as
 modeling_vlp.conversion.convert_<kind>`); its options follow the kind (`vlp convert clip --help`).
 """
 
-import sys
 from collections.abc import Callable, Sequence
 
 from ..conversion import (
@@ -16,6 +15,7 @@ from ..conversion import (
     convert_vilt,
     convert_visualbert,
 )
+from .arguments import run_subcommand
 
 
 CONVERTERS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
@@ -37,15 +37,10 @@ def _usage() -> str:
 
 
 def convert_command(argv: Sequence[str]) -> int:
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0 if argv else 2
-    kind, rest = argv[0], argv[1:]
-    if kind not in CONVERTERS:
-        print(f"vlp convert: unknown source kind {kind!r}; expected one of {', '.join(CONVERTERS)}.", file=sys.stderr)
-        return 2
-    return CONVERTERS[kind][0](rest)
+    def unknown(kind: str) -> str:
+        return f"vlp convert: unknown source kind {kind!r}; expected one of {', '.join(CONVERTERS)}."
+
+    return run_subcommand(argv, CONVERTERS, _usage(), unknown)
 
 
 __all__ = ["CONVERTERS", "convert_command"]

@@ -10,7 +10,8 @@ Prints one JSON object (the metrics, `task`, `model`, `num_images`, `num_texts`,
 `<output-dir>/eval_<task>.json` with a PNG report next to it; logs and progress bars go to stderr. Bad input
 (a missing column or split, a task the model's family cannot do) is a one-line error and exit status 2.
 
-A task is one entry of `TASKS`: the model types that can do it and the function that runs it.
+A task is one entry of `TASKS` (the function that runs it, its data); which families can do it, and with which of
+their classes, is each family's `evaluation_tasks` (`families.FAMILIES`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from ..evaluation.visualize import (
     vqa_grid,
 )
 from ..evaluation.vqa import vqa_metrics, vqa_predictions, vqa_score
+from ..families import FAMILIES, family_of
 from ..registration import MODEL_CLASSES
 from .common import _load_saved_processor
 
@@ -65,9 +67,6 @@ SCENES_VQA_IMAGES = 300
 SCENES_SEED = 0
 # Single-stream retrieval runs the model on every image-caption pair: like `vlp pretrain`, the first 100 images.
 UNIFIED_RETRIEVAL_IMAGES = 100
-MODEL_TYPE_FAMILY = {
-    "vlp_dual_encoder": "dual", "vlp_unified": "unified", "vlp_fusion": "fusion", "vlp_captioning": "captioning",
-}  # fmt: skip
 
 
 @dataclass
@@ -83,7 +82,6 @@ class EvaluationRun:
 
 @dataclass(frozen=True)
 class Task:
-    model_types: tuple[str, ...]  # `config.model_type` of the models that can do the task
     run: Callable[[EvaluationRun], dict]  # -> metrics, with "num_images", "num_texts" and "png" (a path or None)
     data: str  # "image-text" or "vqa": which loader and default split
     summary: str
@@ -313,18 +311,13 @@ def run_captioning(run: EvaluationRun) -> dict:
     return metrics
 
 
+# Which family can do which task, and the class it loads for it: `Family.evaluation_tasks`.
 TASKS: dict[str, Task] = {
-    "retrieval": Task(
-        ("vlp_dual_encoder", "vlp_unified", "vlp_fusion"), run_retrieval, "image-text",
-        "image<->text recall@1/5/10 and ranks",
-    ),
-    "zero-shot": Task(
-        ("vlp_dual_encoder", "vlp_fusion"), run_zero_shot, "image-text",
-        "top-1/top-5 accuracy with the prompt-template ensemble",
-    ),
-    "vqa": Task(("vlp_unified", "vlp_fusion"), run_vqa, "vqa", "official VQA accuracy"),
+    "retrieval": Task(run_retrieval, "image-text", "image<->text recall@1/5/10 and ranks"),
+    "zero-shot": Task(run_zero_shot, "image-text", "top-1/top-5 accuracy with the prompt-template ensemble"),
+    "vqa": Task(run_vqa, "vqa", "official VQA accuracy"),
     "captioning": Task(
-        ("vlp_captioning",), run_captioning, "image-text", "BLEU-1..4, CIDEr (and METEOR with Java) of generated captions",
+        run_captioning, "image-text", "BLEU-1..4, CIDEr (and METEOR with Java) of generated captions",
     ),
 }  # fmt: skip
 
@@ -333,26 +326,9 @@ TASKS: dict[str, Task] = {
 # Model, processor and data
 # --------------------------------------------------------------------------------------------------------------
 
-# The class loaded when the checkpoint does not name one of ours in `config.architectures`.
-_DEFAULT_CLASSES = {
-    ("vlp_dual_encoder", "retrieval"): "VLPDualEncoderModel",
-    ("vlp_dual_encoder", "zero-shot"): "VLPDualEncoderModel",
-    ("vlp_unified", "retrieval"): "VLPUnifiedForImageTextRetrieval",
-    ("vlp_unified", "vqa"): "VLPUnifiedForQuestionAnswering",
-    ("vlp_fusion", "retrieval"): "VLPFusionForImageTextRetrieval",
-    ("vlp_fusion", "zero-shot"): "VLPFusionModel",
-    ("vlp_fusion", "vqa"): "VLPFusionForQuestionAnswering",
-    ("vlp_captioning", "captioning"): "VLPForConditionalGeneration",
-}
-
-
 def tasks_by_family() -> str:
-    """"dual: retrieval, zero-shot; unified: retrieval, vqa; ..." from `TASKS`."""
-    families = {}
-    for name, task in TASKS.items():
-        for model_type in task.model_types:
-            families.setdefault(MODEL_TYPE_FAMILY.get(model_type, model_type), []).append(name)
-    return "; ".join(f"{family}: {', '.join(names)}" for family, names in families.items())
+    """"dual: retrieval, zero-shot; unified: retrieval, vqa; ..." from `FAMILIES`."""
+    return "; ".join(f"{name}: {', '.join(family.evaluation_tasks)}" for name, family in FAMILIES.items())
 
 
 def load_model(model_path: str, task: str):
@@ -362,14 +338,14 @@ def load_model(model_path: str, task: str):
     except (OSError, ValueError) as error:
         raise ValueError(f"--model {model_path!r} could not be loaded: {str(error).splitlines()[0]}") from error
     model_type = getattr(config, "model_type", None)
-    if model_type not in TASKS[task].model_types:
-        family = MODEL_TYPE_FAMILY.get(model_type, model_type)
+    family = family_of(config)
+    if family is None or task not in family.evaluation_tasks:
         raise ValueError(
-            f"--task {task} does not apply to --model {model_path!r}, a {model_type!r} ({family}) model; the tasks of "
-            f"each family are {tasks_by_family()}."
+            f"--task {task} does not apply to --model {model_path!r}, a {model_type!r} "
+            f"({family.name if family else model_type}) model; the tasks of each family are {tasks_by_family()}."
         )
     names = [name for name in (config.architectures or []) if name in MODEL_CLASSES]
-    class_name = names[0] if names else _DEFAULT_CLASSES[(model_type, task)]
+    class_name = names[0] if names else family.classes[family.evaluation_tasks[task]].__name__
     if task == "retrieval" and model_type != "vlp_dual_encoder" and not class_name.endswith(("PreTraining", "Retrieval")):
         raise ValueError(
             f"--model {model_path!r} is a {class_name} without the ITM head that retrieval needs; evaluate the "

@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""`vlp finetune --task vqa`: fine-tune a pretrained model (or a preset from scratch) for visual question answering
+with the transformers Trainer, on a local VQA dataset or questions about the embedded scenes, report VQA accuracy
+on the held-out split and save the model with its processor (optionally pushing it to the Hub)."""
 
 import logging
 import os
@@ -14,11 +16,11 @@ from transformers import (
     set_seed,
 )
 
-from ..configuration_vlp import get_preset_config
 from ..data.local import load_image_text_dataset
 from ..data.scenes import make_scenes_vqa_dataset, vqa_answer_vocabulary
 from ..evaluation.vqa import evaluate_vqa, vqa_compute_metrics
 from ..families import FAMILIES
+from ..presets import get_preset_config
 from ..training.collators import VLPQuestionAnsweringCollator
 from .arguments import FINETUNE_DEFAULTS, PretrainArguments
 from .common import (
@@ -35,10 +37,6 @@ from .pretrain import _finish, _is_finished, _prepare_processor, _resume_checkpo
 
 logger = logging.getLogger("modeling_vlp.cli")
 
-# --------------------------------------------------------------------------------------------------------------
-# vlp finetune
-# --------------------------------------------------------------------------------------------------------------
-
 
 @dataclass
 class FinetuneArguments:
@@ -51,7 +49,10 @@ class FinetuneArguments:
     )
     family: str = field(
         default="unified",
-        metadata={"help": "Model family when starting from --preset.", "choices": ["unified", "fusion"]},
+        metadata={
+            "help": "Model family when starting from --preset.",
+            "choices": [name for name, family in FAMILIES.items() if family.question_answering_class],
+        },
     )
     preset: str | None = field(
         default=None, metadata={"help": "Train from scratch with this preset instead of --model (a baseline)."}
@@ -88,7 +89,6 @@ def _finetune_parser() -> HfArgumentParser:
 
 
 def load_vqa_datasets(args: FinetuneArguments, image_size: int, seed: int):
-
     if args.dataset is None:
         splits = make_scenes_vqa_dataset(args.num_train, args.num_validation, image_size=image_size, seed=seed)
     else:
@@ -106,7 +106,6 @@ def load_vqa_datasets(args: FinetuneArguments, image_size: int, seed: int):
 
 def finetune(argv: Sequence[str]) -> int:
     from transformers import Trainer
-
 
     push_args, argv = split_push_arguments(argv)
     args, training_args = _finetune_parser().parse_args_into_dataclasses(args=argv)
@@ -146,7 +145,7 @@ def finetune(argv: Sequence[str]) -> int:
         return build_processor(pretrain_args, train_dataset, image_size, family.max_text_length(base_config))
 
     processor = _prepare_processor(training_args, resume_from, build)
-    model_class = family.question_answering_class()
+    model_class = family.question_answering_class
     labels = dict(num_labels=len(id2label), id2label=id2label, label2id=label2id)
     if _is_finished(resume_from, training_args):
         model = model_class.from_pretrained(resume_from)

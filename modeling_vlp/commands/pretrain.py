@@ -8,11 +8,10 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import HfArgumentParser, TrainerState, TrainingArguments, set_seed
 
-from ..configuration_vlp import get_preset_config
 from ..families import FAMILIES
+from ..presets import get_preset_config
 from ..training.collators import VLPCollator, VLPPretrainingCollator
 from ..training.trainer import (
-    OBJECTIVES,
     VLPObjectiveArguments,
     VLPTrainer,
     resolve_objectives,
@@ -135,7 +134,7 @@ def _check_decoder_objectives(family_name: str, objectives) -> None:
     """The captioning objective on a family without a text decoder: say which family has one (the trainer would
     only say that the objective is unknown to the model, after the tokenizer is trained)."""
 
-    if "lm" in objectives and "lm" not in OBJECTIVES.get(FAMILIES[family_name].model_type, {}):
+    if "lm" in objectives and "lm" not in FAMILIES[family_name].objectives:
         raise ValueError(
             f"--objectives {','.join(objectives)}: 'lm' (captioning) needs a text decoder, which the {family_name!r} "
             "family does not have; use --family captioning --preset coca-small (CoCa: itc and lm in one model), or "
@@ -204,13 +203,13 @@ def pretrain(argv: Sequence[str]) -> int:
     finished = _is_finished(resume_from, training_args)
     if finished:
         logger.info("%s already reached --max-steps %d: evaluating it.", resume_from, training_args.max_steps)
-        model = family.model_class().from_pretrained(resume_from)
+        model = family.model_class.from_pretrained(resume_from)
     else:
         torch.manual_seed(training_args.seed)
         if args.text_model is not None:
             model = build_model_with_text_model(config, args.text_model)
         else:
-            model = family.model_class()(config)
+            model = family.model_class(config)
     resolve_objectives(model, objective_args)  # fail before training when the family lacks an objective
     logger.info(
         "Model: %s (%s), %.2fM parameters; objectives %s.",
@@ -220,7 +219,7 @@ def pretrain(argv: Sequence[str]) -> int:
         sample_captions=args.sample_captions, max_length=max_text_length, seed=training_args.seed,
         random_crop_scale=args.random_crop_scale,
     )  # fmt: skip
-    if args.family in ("dual", "captioning"):  # image-caption pairs; the lm objective makes its labels
+    if not family.masked_inputs:  # image-caption pairs; the lm objective makes its labels
         collator = VLPCollator(processor, **collator_args)
     else:
         collator = VLPPretrainingCollator(

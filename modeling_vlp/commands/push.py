@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""`vlp push DIR REPO_ID`: push a saved folder to the Hugging Face Hub, with a model card generated from what the
+folder holds unless it has its own README.md (the publishing itself is `modeling_vlp.hub`)."""
 
 import argparse
 import logging
@@ -17,6 +18,7 @@ from ..hub.push import (
 )
 
 logger = logging.getLogger("modeling_vlp.conversion.hub")
+
 
 def _push_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -2,9 +2,7 @@
 the loaders of local corpora (imagefolder, parquet, webdataset shards, `save_to_disk`, region features) in `local`,
 and VQA answer normalisation in `answers`."""
 
-from .answers import (
-    normalize_vqa_answer,
-)
+from .answers import normalize_vqa_answer
 from .local import (
     load_image_text_dataset,
     load_region_text_dataset,

@@ -1,12 +1,9 @@
-"""TODO docstring"""
+"""The official VQA answer normalisation (`normalize_vqa_answer`), shared by the VQA collator's answer targets, the
+scenes' answer vocabulary and the VQA accuracy of `modeling_vlp.evaluation.vqa`."""
 
 from __future__ import annotations
 
 import re
-
-# ---------------------------------------------------------------------------------------------
-# Visual question answering
-# ---------------------------------------------------------------------------------------------
 
 # The official VQA evaluation's answer processing (vqaEval.py: processPunctuation, processDigitArticle), with its
 # list of contractions shortened to the common ones.

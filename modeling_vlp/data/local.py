@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Loaders of local corpora into `DatasetDict`s with `image` / `caption` columns (imagefolder, parquet, webdataset
+shards, `save_to_disk` folders) or `caption` and region-feature columns, offline; used by the `vlp` commands, and
+`read_region_column` by the collators and the ITM evaluation."""
 
 from __future__ import annotations
 
@@ -128,13 +130,16 @@ def _is_image_like(feature) -> bool:
     return isinstance(feature, dict) and set(feature) == {"bytes", "path"}
 
 
+def _given_column(features: datasets.Features, argument: str, column: str, path: str) -> str:
+    """The column a caller named (`argument=column`), checked to exist."""
+    if column not in features:
+        raise ValueError(f"{argument}={column!r} is not a column of {path!r}; columns found: {list(features)}")
+    return column
+
+
 def _find_image_column(features: datasets.Features, image_column: str | None, path: str) -> str:
     if image_column is not None:
-        if image_column not in features:
-            raise ValueError(
-                f"image_column={image_column!r} is not a column of {path!r}; columns found: {list(features)}"
-            )
-        return image_column
+        return _given_column(features, "image_column", image_column, path)
     for name in IMAGE_COLUMN_CANDIDATES:
         if name in features and _is_image_like(features[name]):
             return name
@@ -154,10 +159,14 @@ def _is_string_list(feature) -> bool:
 
 
 def _find_text_column(features: datasets.Features, text_column: str | None, path: str) -> str:
+    """`text_column` (which may not stand beside a `caption` column that renaming it would overwrite), else the
+    first of `TEXT_COLUMN_CANDIDATES` present, else a webdataset `json` sidecar with a caption."""
     if text_column is not None:
-        if text_column not in features:
+        _given_column(features, "text_column", text_column, path)
+        if "caption" in features and text_column not in ("caption", "captions"):
             raise ValueError(
-                f"text_column={text_column!r} is not a column of {path!r}; columns found: {list(features)}"
+                f"text_column={text_column!r} was chosen but {path!r} already has a 'caption' column; "
+                "drop or rename it first"
             )
         return text_column
     for name in TEXT_COLUMN_CANDIDATES:
@@ -240,11 +249,6 @@ def load_image_text_dataset(
             raise ValueError(f"Split {split!r} of {path!r} is empty (columns: {ds.column_names})")
         found_image = _find_image_column(ds.features, image_column, path)
         found_text = _find_text_column(ds.features, text_column, path)
-        if "caption" in ds.features and found_text not in ("caption", "captions"):
-            raise ValueError(
-                f"text_column={found_text!r} was chosen but {path!r} already has a 'caption' column; "
-                "drop or rename it first"
-            )
         result[split] = _normalise_split(ds, found_image, found_text)
     return datasets.DatasetDict(result)
 
@@ -380,11 +384,6 @@ def load_region_text_dataset(
                 )
             ds = _resolve_region_files(ds, directory, where)
             found_text = _find_text_column(ds.features, text_column, where)
-            if "caption" in ds.features and found_text not in ("caption", "captions"):
-                raise ValueError(
-                    f"text_column={found_text!r} was chosen but {where!r} already has a 'caption' column; "
-                    "drop or rename it first"
-                )
             ds = _normalise_text(ds, found_text)
             _check_region_row(ds[0], repr(where))
             loaded.append(ds)

@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Captioning evaluation: COCO-style tokenisation and metrics (BLEU, CIDEr-D, METEOR by `pycocoevalcap`), caption
+generation in batches and `evaluate_captioning` over a split; used by `vlp pretrain` and `vlp evaluate` for the
+captioning family, the `vlp_caption` metric and the captioning pipeline (`caption_token_budget`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .embeddings import _eval_mode, _model_device, _model_dtype
+from .embeddings import _check_one_per_prediction, _eval_mode, _model_device, _model_dtype
 
 _COCO_TOKEN = re.compile(
     r"[^\W_]+(?=n't\b)"  # "don't" -> "do" "n't", as PTB splits clitics
@@ -52,13 +54,9 @@ def caption_metrics(
 
     if isinstance(predictions, str) or isinstance(references, str):
         raise ValueError("predictions and references must be lists (one item per image), got a str")
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"predictions has {len(predictions)} items but references has {len(references)}; expected one list of "
-            "reference captions per prediction."
-        )
-    if len(predictions) == 0:
-        raise ValueError("predictions is empty")
+    _check_one_per_prediction(
+        predictions, references, "references", "; expected one list of reference captions per prediction."
+    )
     for index, refs in enumerate(references):
         if isinstance(refs, str) or len(refs) == 0:
             raise ValueError(f"references[{index}] must be a non-empty list of captions, got {refs!r}")

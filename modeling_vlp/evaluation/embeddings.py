@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Dual-encoder evaluation: batched, L2-normalised image and text embeddings, the prompt-ensembled zero-shot
+classifier and `evaluate_dual_encoder` (retrieval and zero-shot metrics of a split), used by `vlp pretrain` and
+`vlp evaluate`; also the model helpers (`_eval_mode`, device, dtype) that the other evaluation modules share."""
 
 from __future__ import annotations
 
@@ -62,6 +64,30 @@ def _text_max_length(model, tokenizer) -> int | None:
     return tokenizer_limit
 
 
+def _check_one_per_prediction(predictions: Sequence, references: Sequence, name: str, expected: str = "") -> None:
+    """Raise unless there are predictions and `references` (the argument `name`) has one item per prediction;
+    `expected` ends the message of a length mismatch."""
+    if len(predictions) != len(references):
+        raise ValueError(f"predictions has {len(predictions)} items but {name} has {len(references)}{expected}")
+    if len(predictions) == 0:
+        raise ValueError("predictions is empty")
+
+
+def _encode(model, method: str, items: Sequence, inputs, batch_size: int, name: str, show_progress: bool):
+    """`model.<method>(**inputs(batch))` over `items` in batches of `batch_size`: the L2-normalised embeddings,
+    float32 on the CPU, `(len(items), D)`; `name` ("images", "texts") labels the progress bar and the errors."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    embeddings = []
+    with _eval_mode(model), torch.no_grad():
+        for start in tqdm(range(0, len(items), batch_size), desc=f"Encoding {name}", disable=not show_progress):
+            output = getattr(model, method)(**inputs(items[start : start + batch_size]))
+            embeddings.append(F.normalize(_embeddings(output, method).float(), dim=-1).cpu())
+    if not embeddings:
+        raise ValueError(f"{name} is empty")
+    return torch.cat(embeddings)
+
+
 def encode_images(
     model,
     image_processor,
@@ -75,21 +101,16 @@ def encode_images(
     `images` is any sliceable sequence of PIL images (a list, or a `datasets` image column, which
     then decodes one batch at a time). `image_processor` may also be a processor holding one.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     image_processor = getattr(image_processor, "image_processor", image_processor)
     device = torch.device(device) if device is not None else _model_device(model)
     dtype = _model_dtype(model)
-    embeddings = []
-    with _eval_mode(model), torch.no_grad():
-        for start in tqdm(range(0, len(images), batch_size), desc="Encoding images", disable=not show_progress):
-            batch = [image.convert("RGB") for image in images[start : start + batch_size]]
-            pixel_values = image_processor(images=batch, return_tensors="pt")["pixel_values"]
-            output = model.get_image_features(pixel_values=pixel_values.to(device=device, dtype=dtype))
-            embeddings.append(F.normalize(_embeddings(output, "get_image_features").float(), dim=-1).cpu())
-    if not embeddings:
-        raise ValueError("images is empty")
-    return torch.cat(embeddings)
+
+    def inputs(batch) -> dict[str, torch.Tensor]:
+        images = [image.convert("RGB") for image in batch]
+        pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixel_values.to(device=device, dtype=dtype)}
+
+    return _encode(model, "get_image_features", images, inputs, batch_size, "images", show_progress)
 
 
 def encode_texts(
@@ -105,30 +126,15 @@ def encode_texts(
     Texts are tokenized with padding and truncation (to the text tower's position limit when the
     tokenizer sets none). `tokenizer` may also be a processor holding one.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     device = torch.device(device) if device is not None else _model_device(model)
     max_length = _text_max_length(model, tokenizer)
-    texts = list(texts)
-    embeddings = []
-    with _eval_mode(model), torch.no_grad():
-        for start in tqdm(range(0, len(texts), batch_size), desc="Encoding texts", disable=not show_progress):
-            encoded = tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            inputs = {"input_ids": encoded["input_ids"].to(device)}
-            if "attention_mask" in encoded:
-                inputs["attention_mask"] = encoded["attention_mask"].to(device)
-            output = model.get_text_features(**inputs)
-            embeddings.append(F.normalize(_embeddings(output, "get_text_features").float(), dim=-1).cpu())
-    if not embeddings:
-        raise ValueError("texts is empty")
-    return torch.cat(embeddings)
+
+    def inputs(batch) -> dict[str, torch.Tensor]:
+        encoded = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {name: encoded[name].to(device) for name in ("input_ids", "attention_mask") if name in encoded}
+
+    return _encode(model, "get_text_features", list(texts), inputs, batch_size, "texts", show_progress)
 
 
 def build_zero_shot_classifier(

@@ -9,10 +9,10 @@ from tqdm.auto import tqdm
 
 from ..data.local import read_region_column
 from ..losses import itm_log_odds
-from ..modeling_fusion import rerank_retrieval
 from ..training.masking import mask_tokens_for_mlm
 from .embeddings import _eval_mode, _model_device, _text_max_length, retrieval_texts
 from .ranking import retrieval_chance_levels, retrieval_metrics
+from .rerank import rerank_retrieval
 
 # --------------------------------------------------------------------------------------------------------------
 # Image-text matching models (single-stream): every pair goes through the model
@@ -160,7 +160,7 @@ def fusion_rerank_scores(
 ):
     """(`VLPRerankedRetrieval`, texts, text_to_image) of a fusion model on an image-caption split: ITC similarity of
     every pair, ITM re-scoring of each query's top `k` (capped at the numbers of images and texts) in both
-    directions (`modeling_fusion.rerank_retrieval`)."""
+    directions (`rerank.rerank_retrieval`)."""
 
     if len(eval_dataset) == 0:
         raise ValueError("eval_dataset is empty.")
@@ -191,7 +191,7 @@ def evaluate_fusion_retrieval(
     show_progress: bool = True,
 ) -> dict[str, float]:
     """Retrieval metrics of a fusion model the ALBEF way: ITC similarity for every pair, then the ITM head re-scores
-    the top `k` candidates of each query (`modeling_fusion.rerank_retrieval`). Reports the re-ranked metrics
+    the top `k` candidates of each query (`rerank.rerank_retrieval`). Reports the re-ranked metrics
     (`i2t_r@1`, ...), the ITC-only ones (`itc_i2t_r@1`, ...), chance levels and the number of ITM forward pairs."""
     result, texts, text_to_image = fusion_rerank_scores(model, processor, eval_dataset, k, batch_size, show_progress)
     k = min(k, len(eval_dataset), len(texts))

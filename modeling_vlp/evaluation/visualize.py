@@ -78,6 +78,22 @@ def _split_entry(entry) -> tuple[str, float | None]:
     return str(text), None if score is None else float(score)
 
 
+def _listed(items) -> str:
+    """The items as "a, b and c"."""
+    items = [str(item) for item in items]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _check_rows(row: str, **columns: Sequence) -> None:
+    """Raise unless the `columns` (named as the caller's arguments, images first) have one entry per `row` and
+    there are rows."""
+    lengths = [len(values) for values in columns.values()]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"{_listed(columns)} need one entry per {row}, got {_listed(lengths)}")
+    if lengths[0] == 0:
+        raise ValueError(f"{next(iter(columns))} is empty")
+
+
 def _thumbnail_rows_canvas(font, title: str | None, heights: Sequence[int], text_width: int):
     """A blank canvas for rows of a thumbnail and text (`heights` each), under an optional title line; returns the
     canvas, its drawing context and the y of the first row."""
@@ -111,13 +127,7 @@ def retrieval_grid(
         text_width: pixels for the caption column; long captions wrap.
         numbered: prefix each caption with its rank.
     """
-    if not (len(images) == len(ranked_captions) == len(correct)):
-        raise ValueError(
-            f"images, ranked_captions and correct need one entry per query image, got {len(images)}, "
-            f"{len(ranked_captions)} and {len(correct)}"
-        )
-    if len(images) == 0:
-        raise ValueError("images is empty")
+    _check_rows("query image", images=images, ranked_captions=ranked_captions, correct=correct)
     font = _font()
     chars = max(10, (text_width - _MARKER - 3 * _PAD) // 7)
     rows = []
@@ -264,13 +274,7 @@ def caption_grid(
 ) -> Image.Image:
     """One row per image: the thumbnail, the generated caption (dark, prefixed "generated:") and its reference
     captions below it (grey). `image.info["vlp_rows"]` holds `[y0, y1]` of each row."""
-    if not (len(images) == len(predictions) == len(references)):
-        raise ValueError(
-            f"images, predictions and references need one entry per image, got {len(images)}, {len(predictions)} and "
-            f"{len(references)}"
-        )
-    if len(images) == 0:
-        raise ValueError("images is empty")
+    _check_rows("image", images=images, predictions=predictions, references=references)
     font = _font()
     chars = max(10, (text_width - 2 * _PAD) // 7)
     rows = []

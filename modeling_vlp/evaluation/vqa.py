@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""VQA accuracy: the official leave-one-out score of an answer (`vqa_score`), its mean over a split, the answers of a
+question-answering model (`vqa_predictions`, `evaluate_vqa`) and the Trainer-side soft-score accuracy
+(`vqa_compute_metrics`); used by `vlp finetune`, `vlp evaluate` and the `vlp_vqa_accuracy` metric."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..data.answers import normalize_vqa_answer
 from ..training.collators import VLPQuestionAnsweringCollator
-from .embeddings import _eval_mode, _model_device, _model_dtype
+from .embeddings import _check_one_per_prediction, _eval_mode, _model_device, _model_dtype
 from .metrics import load_metric
 
 
@@ -36,13 +38,9 @@ def vqa_score(prediction: str, answers: Sequence[str], normalize: bool = True) -
 
 def vqa_accuracy(predictions: Sequence[str], answers_lists: Sequence[Sequence[str]]) -> float:
     """Mean `vqa_score` (%) of predictions against their annotators' answers."""
-    if len(predictions) != len(answers_lists):
-        raise ValueError(
-            f"predictions has {len(predictions)} items but answers_lists has {len(answers_lists)}; expected one list "
-            "of answers per prediction."
-        )
-    if len(predictions) == 0:
-        raise ValueError("predictions is empty")
+    _check_one_per_prediction(
+        predictions, answers_lists, "answers_lists", "; expected one list of answers per prediction."
+    )
     return 100.0 * sum(vqa_score(p, a) for p, a in zip(predictions, answers_lists)) / len(predictions)
 
 
@@ -60,15 +58,10 @@ def evaluate_vqa(
     processor,
     dataset,
     id2label,
-    batch_size: int = 64,
-    image_column: str = "image",
-    question_column: str = "question",
+    *,
     answers_column: str = "answers",
     question_type_column: str = "question_type",
-    visual_input: str = "patches",
-    max_length: int | None = None,
-    device: torch.device | str | None = None,
-    show_progress: bool = True,
+    **prediction_kwargs,
 ) -> dict[str, float]:
     """VQA accuracy (%) of a question-answering model: the argmax of its `logits` over `id2label`, scored against
     each question's annotator answers with `vqa_score`.
@@ -80,18 +73,18 @@ def evaluate_vqa(
         processor: A `VLPProcessor` (or any processor with the same call).
         dataset: A `datasets.Dataset` with the image (or region) columns, questions and answers.
         id2label: Answer of each logit, a list or a dict `{index: answer}` (e.g. `model.config.id2label`).
-        visual_input: `"patches"` (images in `image_column`) or `"regions"` (`visual_feats` and `visual_pos`
-            columns, or their `.npy` files, see `VLPQuestionAnsweringCollator`).
+        prediction_kwargs: the options of `vqa_predictions`: `batch_size`, `image_column`, `question_column`,
+            `visual_input` (`"patches"`, images in `image_column`, or `"regions"`, `visual_feats` and `visual_pos`
+            columns or their `.npy` files, see `VLPQuestionAnsweringCollator`), `max_length`, `device`,
+            `show_progress`.
 
     Returns:
         `vqa_accuracy`, `num_questions` and, when the dataset has `question_type_column`, `vqa_accuracy_<type>` for
         each question type.
     """
     predictions = vqa_predictions(
-        model, processor, dataset, id2label, batch_size=batch_size, image_column=image_column,
-        question_column=question_column, answers_column=answers_column, visual_input=visual_input,
-        max_length=max_length, device=device, show_progress=show_progress,
-    )  # fmt: skip
+        model, processor, dataset, id2label, answers_column=answers_column, **prediction_kwargs
+    )
     question_types = list(dataset[question_type_column]) if question_type_column in dataset.column_names else None
     return vqa_metrics(predictions, list(dataset[answers_column]), question_types)
 
@@ -100,10 +93,7 @@ def vqa_metrics(
     predictions: Sequence[str], answers_lists: Sequence[Sequence[str]], question_types: Sequence[str] | None = None
 ) -> dict[str, float]:
     """`vqa_accuracy` (%), `num_questions` and, given `question_types`, `vqa_accuracy_<type>` per type."""
-    if len(predictions) != len(answers_lists):
-        raise ValueError(f"predictions has {len(predictions)} items but answers_lists has {len(answers_lists)}")
-    if len(predictions) == 0:
-        raise ValueError("predictions is empty")
+    _check_one_per_prediction(predictions, answers_lists, "answers_lists")
     scores = [vqa_score(prediction, answers) for prediction, answers in zip(predictions, answers_lists)]
     metrics = {"vqa_accuracy": 100.0 * sum(scores) / len(scores), "num_questions": float(len(scores))}
     if question_types is not None:
@@ -130,7 +120,6 @@ def vqa_predictions(
     show_progress: bool = True,
 ) -> list[str]:
     """The answer (from `id2label`) of the argmax logit for each question of `dataset`; see `evaluate_vqa`."""
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for column in (question_column, answers_column):
@@ -168,11 +157,6 @@ def vqa_predictions(
     return predictions
 
 
-# --------------------------------------------------------------------------------------------------------------
-# VQA accuracy inside the Trainer, and captioning metrics
-# --------------------------------------------------------------------------------------------------------------
-
-
 def vqa_soft_score_accuracy(logits, soft_scores) -> float:
     """VQA accuracy (%) from class scores and per-class soft targets: the mean target value of each row's argmax
     class. With the targets of `VLPQuestionAnsweringCollator` (min(#annotators / 3, 1) per answer) this is the
@@ -198,7 +182,6 @@ def vqa_compute_metrics(eval_prediction) -> dict[str, float]:
     """`compute_metrics` of a VQA `Trainer`: `{"vqa_accuracy": ...}` computed by the `vlp_vqa_accuracy` metric
     (`evaluate`, configuration "soft_scores") from the logits and the collator's soft-score labels; the same
     numbers as `vqa_soft_score_accuracy`."""
-
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     logits = logits[0] if isinstance(logits, tuple) else logits
     metric = load_metric("vlp_vqa_accuracy", config_name="soft_scores")

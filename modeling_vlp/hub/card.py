@@ -1,4 +1,17 @@
-"""TODO docstring"""
+"""Model cards of saved folders: `build_model_card` (any folder `save_pretrained` wrote), `model_card_for_run` (what
+`vlp pretrain` wrote) and `use_model_card` (the Trainer's own push uploads ours).
+
+The card is a `huggingface_hub.ModelCard` whose metadata holds only what is known: license,
+`library_name: transformers`, the `modeling_vlp` tag, the family (`config.model_type`) and objectives as tags,
+`base_model` for a converted checkpoint, the datasets given, and a `model-index` built from the metrics given (a
+card without measured metrics has no model-index). The family's description (`families.FAMILIES`) gives the
+architecture text and the `pipeline_tag`: a dual encoder is "zero-shot-image-classification" (the stock pipeline
+runs it); a question-answering head "visual-question-answering"; a captioning model with its language-model head
+"image-text-to-text"; every other encoder "feature-extraction", the Hub tag for models whose output is features and
+scores. `model-index` task types follow the metric: zero-shot and VQA metrics take those Hub tasks, "fill-mask" MLM
+accuracy; retrieval and matching metrics take "image-text-retrieval" / "image-text-matching", which name the task
+although the Hub has no pipeline of that name (model-index task types are free text).
+"""
 
 import json
 import logging
@@ -11,36 +24,15 @@ from collections.abc import Mapping, Sequence
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 
+from ..families import TOWERS, family_of
+from ..training.trainer import OBJECTIVE_DESCRIPTIONS
+
 logger = logging.getLogger("modeling_vlp.conversion.hub")
 
 CONFIG_NAME = "config.json"
 EVAL_RESULTS_NAME = "eval_results.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 CARD_KINDS = ("converted", "trained")
-
-OBJECTIVES = {
-    "itc": "image-text contrastive learning (matched pairs against every other pair of the global batch)",
-    "itm": "image-text matching (a binary classifier on the fused pair, with hard negatives)",
-    "mlm": "masked language modelling conditioned on the image",
-    "mim": "masked image modelling (masked patches or regions reconstructed)",
-    "lm": "captioning (language modelling conditioned on the image)",
-}
-FAMILIES = {
-    "vlp_dual_encoder": "dual encoder (separate image and text towers scored by a dot product, CLIP / SigLIP style)",
-    "vlp_unified": "unified single-stream encoder (one transformer over text and visual tokens, ViLT / "
-    "VisualBERT / UNITER style)",
-    "vlp_fusion": "fusion encoder (text and image encoders joined by fusion layers, LXMERT / ALBEF style)",
-    "vlp_vision": "image encoder (the vision tower of a modeling_vlp model)",
-    "vlp_text": "text encoder (the text tower of a modeling_vlp model)",
-}
-
-
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Model cards
-# --------------------------------------------------------------------------------------------------------------
-
 
 def read_config(folder: str) -> dict:
     path = os.path.join(folder, CONFIG_NAME)
@@ -70,89 +62,24 @@ def count_parameters(folder: str) -> int | None:
 
 
 def pipeline_tag_for(config: Mapping) -> str:
-    """The Hub pipeline tag of a saved model (see the module docstring for the choice)."""
-    model_type = config.get("model_type")
-    architectures = config.get("architectures") or []
-    if model_type == "vlp_dual_encoder":
-        return "zero-shot-image-classification"
-    if any("QuestionAnswering" in name for name in architectures):
-        return "visual-question-answering"
-    if model_type == "vlp_vision":
-        return "image-feature-extraction"
-    return "feature-extraction"
-
-
-def _describe_vision(vision: Mapping) -> str:
-    if vision.get("model_type", "vlp_vision") != "vlp_vision":
-        return f"a `{vision.get('model_type')}` image encoder (width {vision.get('hidden_size')})"
-    return (
-        f"a ViT with {vision.get('num_hidden_layers')} layers, width {vision.get('hidden_size')}, "
-        f"{vision.get('num_attention_heads')} heads, on {vision.get('image_size')}px images cut in "
-        f"{vision.get('patch_size')}px patches"
-    )
-
-
-def _describe_text(text: Mapping) -> str:
-    if text.get("model_type", "vlp_text") != "vlp_text":
-        return f"a `{text.get('model_type')}` text encoder (width {text.get('hidden_size')})"
-    kind = "causal" if text.get("causal") else "bidirectional"
-    return (
-        f"a {kind} transformer with {text.get('num_hidden_layers')} layers, width {text.get('hidden_size')}, "
-        f"{text.get('num_attention_heads')} heads, a {text.get('vocab_size')}-token vocabulary and up to "
-        f"{text.get('max_position_embeddings')} tokens"
-    )
-
-
-def _describe_visual_input(config: Mapping, patches: str) -> str:
-    if config.get("visual_input") == "regions":
-        return (
-            f"detector region features ({config.get('visual_feat_dim')}-d, with "
-            f"{config.get('visual_pos_dim', 4)}-d boxes) instead of pixels"
-        )
-    return patches
+    """The Hub pipeline tag of a saved model: its family's tag for the saved class (`FAMILIES[...].pipeline_tags`)."""
+    architecture = (config.get("architectures") or [None])[0]
+    family = family_of(config)
+    if family is not None:
+        return family.pipeline_tag(architecture)
+    tower = TOWERS.get(config.get("model_type"))
+    return tower.pipeline_tag if tower is not None else "feature-extraction"
 
 
 def describe_architecture(config: Mapping) -> list[str]:
-    """Bullet points on the architecture, read from config.json."""
+    """Bullet points on the architecture, read from config.json (the family's `describe`)."""
     model_type = config.get("model_type")
-    lines = []
-    if model_type == "vlp_dual_encoder":
-        vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
-        loss = {"softmax": "softmax (CLIP's InfoNCE)", "sigmoid": "sigmoid (SigLIP's pairwise)"}.get(
-            config.get("loss_type"), config.get("loss_type")
-        )
-        lines += [
-            f"Image tower: {_describe_vision(vision)}.",
-            f"Text tower: {_describe_text(text)}.",
-            f"Both project to a shared {config.get('projection_dim')}-d embedding, scored by the {loss} "
-            "contrastive loss.",
-        ]
-    elif model_type == "vlp_unified":
-        visual = _describe_visual_input(
-            config, f"image patches ({config.get('image_size')}px images, {config.get('patch_size')}px patches)"
-        )
-        lines += [
-            f"One transformer over `[text; visual]` tokens: {config.get('num_hidden_layers')} layers, width "
-            f"{config.get('hidden_size')}, {config.get('num_attention_heads')} heads "
-            f"({'pre' if config.get('pre_norm') else 'post'}-norm).",
-            f"Text: a {config.get('vocab_size')}-token vocabulary, up to {config.get('max_position_embeddings')} "
-            f"tokens. Visual tokens: {visual}.",
-        ]
-    elif model_type == "vlp_fusion":
-        vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
-        image = _describe_visual_input(config, _describe_vision(vision))
-        lines += [
-            f"Text encoder: {_describe_text(text)}.",
-            f"Image encoder: {image}.",
-            f"Fusion: {config.get('num_fusion_layers')} `{config.get('fusion_type')}` layers over both streams.",
-        ]
-    elif model_type == "vlp_vision":
-        lines.append(f"Image encoder: {_describe_vision(config)}.")
-    elif model_type == "vlp_text":
-        lines.append(f"Text encoder: {_describe_text(config)}.")
+    described = family_of(config) or TOWERS.get(model_type)
+    if described is not None:
+        lines = described.describe(config)
     else:
         sizes = {key: config[key] for key in ("hidden_size", "num_hidden_layers") if key in config}
-        lines.append(f"`{model_type}` model; {', '.join(f'{k} {v}' for k, v in sizes.items()) or 'sizes unknown'}.")
+        lines = [f"`{model_type}` model; {', '.join(f'{k} {v}' for k, v in sizes.items()) or 'sizes unknown'}."]
     if config.get("architectures"):
         lines.append(f"Saved class: `{'`, `'.join(config['architectures'])}`.")
     return lines
@@ -283,9 +210,9 @@ def build_model_card(
     model_type = config.get("model_type") or "unknown"
     training = dict(training or {})
     objectives = list(objectives or [])
-    unknown = [name for name in objectives if name not in OBJECTIVES]
+    unknown = [name for name in objectives if name not in OBJECTIVE_DESCRIPTIONS]
     if unknown:
-        raise ValueError(f"`objectives` holds {unknown}; expected names among {sorted(OBJECTIVES)}.")
+        raise ValueError(f"`objectives` holds {unknown}; expected names among {sorted(OBJECTIVE_DESCRIPTIONS)}.")
     name = (repo_id or os.path.basename(os.path.abspath(folder))).split("/")[-1]
     repo_ref = repo_id or "path/to/this/folder"
     datasets = [datasets] if isinstance(datasets, str) else list(datasets or []) or None
@@ -312,7 +239,8 @@ def build_model_card(
         eval_results=results,
     )
 
-    family = FAMILIES.get(model_type, f"`{model_type}` model")
+    described = family_of(config) or TOWERS.get(model_type)
+    family = described.summary if described is not None else f"`{model_type}` model"
     num_parameters = count_parameters(folder)
     size = f"{num_parameters / 1e6:.2f}M-parameter " if num_parameters is not None else ""
     body = [f"# {name}", "", f"A {size}vision-language {family}, saved with `modeling_vlp` as a transformers "
@@ -378,7 +306,7 @@ def _conversion_section(source, base_model, parity, tolerance) -> list[str]:
 def _training_section(objectives: Sequence[str], training: Mapping) -> list[str]:
     lines = ["## Training", ""]
     if objectives:
-        lines += ["Objectives:", "", *[f"- `{name}`: {OBJECTIVES[name]}" for name in objectives], ""]
+        lines += ["Objectives:", "", *[f"- `{name}`: {OBJECTIVE_DESCRIPTIONS[name]}" for name in objectives], ""]
     else:
         lines += ["The training objectives were not recorded.", ""]
     facts = [("steps", "Optimizer steps"), ("batch_size", "Batch size (all devices)"),
@@ -470,7 +398,7 @@ def model_card_for_run(
     log_history = state.get("log_history") or []
     if objectives is None:
         logged = [key[len("loss_") :] for entry in log_history for key in entry if key.startswith("loss_")]
-        objectives = [name for name in dict.fromkeys(logged) if name in OBJECTIVES]
+        objectives = [name for name in dict.fromkeys(logged) if name in OBJECTIVE_DESCRIPTIONS]
     losses = [entry["loss"] for entry in log_history if isinstance(entry.get("loss"), (int, float))]
     steps = state.get("global_step")
     if steps is None and metrics is not None:

@@ -1,4 +1,25 @@
-"""TODO docstring"""
+"""Push a saved folder (model, processor, remote code) to the Hugging Face Hub with a generated model card.
+
+    vlp push DIR REPO_ID [--hub-endpoint URL] [--private] [--revision BRANCH] [--commit-message MSG]
+    vlp convert clip --source SRC --output OUT --push-to-hub me/clip-b-32
+
+Every folder `save_pretrained` writes for us has the same layout whatever the family (config.json with `auto_map`,
+model.safetensors, processor files and the model's code files), so one function pushes them all: `push_folder`
+creates the repo (`create_repo`), writes the model card (`hub.card`) into the folder as README.md and uploads the
+folder (`upload_folder`; Trainer checkpoints and `_*` files stay behind).
+
+Tokens. The token is `token=` / `--hub-token`, else whatever `huggingface_hub` finds (`HF_TOKEN`, then the one
+`hf auth login` stored). It is never printed or logged; errors say what to do instead. Prefer `HF_TOKEN` to
+`--hub-token`: a command line is visible to other users of the machine.
+
+Endpoint. `endpoint=` / `--hub-endpoint` points the push at another Hub (a mirror, a test server); reading back
+goes through `HF_ENDPOINT`, which huggingface_hub reads once, at import. The Trainer's own push
+(`Trainer.push_to_hub`) also uses `HF_ENDPOINT`; `use_model_card(trainer)` makes it push our card.
+
+Xet. huggingface_hub 2.x uploads every file the server marks "lfs" through Xet storage whenever the `hf_xet`
+package is installed, without asking the server; a Hub without Xet (an older mirror) then fails, and the error
+says to set `HF_HUB_DISABLE_XET=1` (legacy LFS uploads).
+"""
 
 import argparse
 import logging

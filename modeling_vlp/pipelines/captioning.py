@@ -1,20 +1,16 @@
-"""TODO docstring"""
+"""The "image-text-to-text" pipeline (`VLPImageTextToTextPipeline`, also reached by "image-to-text"): captions, with
+an optional prompt, for our captioning models, and the stock chat-model pipeline for every other model; registered
+by `modeling_vlp.pipelines`."""
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import (
-    GenerationConfig,
-)
+from transformers import GenerationConfig
 from transformers.pipelines import ImageTextToTextPipeline
 from transformers.pipelines.base import Pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 from ..evaluation.captioning import caption_token_budget
 from .common import _load_visual, _process_visuals, _require_processor
-
-# --------------------------------------------------------------------------------------------------------------
-# image-text-to-text (and image-to-text): captioning
-# --------------------------------------------------------------------------------------------------------------
 
 CAPTIONING_TASK = "image-text-to-text"
 CAPTIONING_MODEL_TYPE = "vlp_captioning"

@@ -115,6 +115,20 @@ def _check_positive_int(value, argument: str, allow_none: bool = True) -> None:
         raise ValueError(f"`{argument}` must be a positive int{' or None' if allow_none else ''}, got {value!r}.")
 
 
+def _call_parameters(task: str, expected: str, timeout, tokenizer_kwargs, top_k, unknown: dict) -> tuple[dict, dict]:
+    """The preprocess and postprocess parameters every pipeline of ours takes (`timeout`, `tokenizer_kwargs`,
+    `top_k`), checked; unknown call arguments are an error naming the `expected` ones."""
+    if unknown:
+        raise ValueError(f"Unknown arguments {sorted(unknown)} for the {task} pipeline; expected among {expected}.")
+    preprocess_params = {name: value for name, value in (("timeout", timeout), ("tokenizer_kwargs", tokenizer_kwargs))
+                         if value is not None}  # fmt: skip
+    postprocess_params = {}
+    if top_k is not None:
+        _check_positive_int(top_k, "top_k")
+        postprocess_params["top_k"] = top_k
+    return preprocess_params, postprocess_params
+
+
 def _batches(inputs: dict[str, torch.Tensor], batch_size: int):
     count = next(iter(inputs.values())).shape[0]
     for start in range(0, count, batch_size):

@@ -8,20 +8,20 @@ from transformers.pipelines.base import Pipeline
 
 from ..evaluation.embeddings import _embeddings
 from ..evaluation.matching import image_text_match_scores
-from ..losses import contrastive_logits, itm_log_odds
-from ..modeling_dual_encoder import VLPDualEncoderModel
-from ..modeling_fusion import (
-    VLPFusionForImageTextRetrieval,
-    VLPFusionForPreTraining,
+from ..evaluation.rerank import (
+    encode_fusion_candidates,
     rerank_retrieval,
+    shortlist_and_rescore,
 )
-from ..modeling_unified import VLPUnifiedForImageTextRetrieval, VLPUnifiedForPreTraining
+from ..losses import contrastive_logits, itm_log_odds
+from ..families import FAMILIES, Family, family_of
 from .common import (
     DEFAULT_ENCODE_BATCH_SIZE,
     DEFAULT_RERANK_K,
     RETRIEVAL_TASK,
     TEXT_INPUT_NAMES,
     _batches,
+    _call_parameters,
     _check_positive_int,
     _check_texts,
     _load_visual,
@@ -94,28 +94,28 @@ class VLPImageTextRetrievalPipeline(Pipeline):
 
     def __init__(self, *args, shortlist_model=None, shortlist_processor=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.family = self._family(self.model)
+        family = self._family(self.model)
+        self.family, self.ranking = family.name, family.retrieval_ranking  # `families.FAMILIES`
         self.processor = _require_processor(self)
         self.shortlister = None
         if shortlist_model is not None:
             self.shortlister = self._build_shortlister(shortlist_model, shortlist_processor)
 
     @staticmethod
-    def _family(model) -> str:
-        if isinstance(model, VLPDualEncoderModel):
-            return "dual"
-        if isinstance(model, (VLPFusionForImageTextRetrieval, VLPFusionForPreTraining)):
-            return "fusion"
-        if isinstance(model, (VLPUnifiedForImageTextRetrieval, VLPUnifiedForPreTraining)):
-            return "unified"
-        raise ValueError(
-            f"The {RETRIEVAL_TASK} pipeline needs a VLPDualEncoderModel, VLPFusionForImageTextRetrieval or "
-            f"VLPUnifiedForImageTextRetrieval (a ForPreTraining model with its ITM head also works), got "
-            f"{type(model).__name__}; `pipeline('{RETRIEVAL_TASK}', model=folder_or_repo)` loads the right class."
-        )
+    def _family(model) -> Family:
+        """The model's family, when it ranks (`Family.retrieval_ranking`) and the model is one of its ranking
+        classes (`Family.retrieval_roles`)."""
+        family = family_of(model)
+        if family is None or family.role_of(type(model).__name__) not in family.retrieval_roles:
+            ranking = [known.classes[role].__name__ for known in FAMILIES.values() for role in known.retrieval_roles]
+            raise ValueError(
+                f"The {RETRIEVAL_TASK} pipeline needs a {', '.join(dict.fromkeys(ranking))}, got "
+                f"{type(model).__name__}; `pipeline('{RETRIEVAL_TASK}', model=folder_or_repo)` loads the right class."
+            )
+        return family
 
     def _build_shortlister(self, shortlist_model, shortlist_processor) -> "VLPImageTextRetrievalPipeline":
-        if self.family != "unified":
+        if self.ranking != "match":
             raise ValueError(
                 f"`shortlist_model` is for unified models, which otherwise score every pair with ITM; this is a "
                 f"{self.family} model ({type(self.model).__name__}), which ranks without one."
@@ -135,7 +135,7 @@ class VLPImageTextRetrievalPipeline(Pipeline):
             shortlister = pipeline(
                 RETRIEVAL_TASK, model=shortlist_model, processor=shortlist_processor, device=self.device
             )
-        if shortlister.family != "dual":
+        if shortlister.ranking != "embeddings":
             raise ValueError(
                 f"`shortlist_model` must be a VLPDualEncoderModel (or its folder), got a {shortlister.family} model "
                 f"({type(shortlister.model).__name__})."
@@ -144,7 +144,7 @@ class VLPImageTextRetrievalPipeline(Pipeline):
 
     @property
     def uses_sigmoid(self) -> bool:
-        return self.family == "dual" and self.model.config.loss_type == "sigmoid"
+        return self.ranking == "embeddings" and self.model.config.loss_type == "sigmoid"
 
     def __call__(self, images=None, texts=None, **kwargs):
         single = images is not None and not isinstance(images, (list, tuple))
@@ -162,22 +162,14 @@ class VLPImageTextRetrievalPipeline(Pipeline):
         return result["image_to_text"][0] if single else result
 
     def _sanitize_parameters(self, top_k=None, rerank_k=None, timeout=None, tokenizer_kwargs=None, **kwargs):
-        if kwargs:
-            raise ValueError(
-                f"Unknown arguments {sorted(kwargs)} for the {RETRIEVAL_TASK} pipeline; expected among top_k, "
-                "rerank_k, batch_size, tokenizer_kwargs, timeout."
-            )
-        preprocess_params, forward_params, postprocess_params = {}, {}, {}
-        if timeout is not None:
-            preprocess_params["timeout"] = timeout
-        if tokenizer_kwargs is not None:
-            preprocess_params["tokenizer_kwargs"] = tokenizer_kwargs
+        expected = "top_k, rerank_k, batch_size, tokenizer_kwargs, timeout"
+        preprocess_params, postprocess_params = _call_parameters(
+            RETRIEVAL_TASK, expected, timeout, tokenizer_kwargs, top_k, kwargs
+        )
+        forward_params = {}
         if rerank_k is not None:
             _check_positive_int(rerank_k, "rerank_k")
             forward_params["rerank_k"] = rerank_k
-        if top_k is not None:
-            _check_positive_int(top_k, "top_k")
-            postprocess_params["top_k"] = top_k
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, inputs, timeout=None, tokenizer_kwargs=None):
@@ -198,7 +190,7 @@ class VLPImageTextRetrievalPipeline(Pipeline):
         return model_inputs
 
     # ----------------------------------------------------------------------------------------------------------
-    # Scoring, one method per family
+    # Scoring, one method per ranking (`Family.retrieval_ranking`)
     # ----------------------------------------------------------------------------------------------------------
 
     def dual_logits(self, model_inputs, batch_size: int) -> torch.Tensor:
@@ -218,21 +210,21 @@ class VLPImageTextRetrievalPipeline(Pipeline):
         logits_per_image, _ = contrastive_logits(image_embeds, text_embeds, model.get_logit_scale(), model.logit_bias)
         return logits_per_image.float()
 
-    def _rank_dual(self, model_inputs, batch_size: int, rerank_k: int):
+    def _rank_embeddings(self, model_inputs, batch_size: int, rerank_k: int):
         logits = self.dual_logits(model_inputs, batch_size)
         if self.uses_sigmoid:
             scores_i2t = scores_t2i = torch.sigmoid(logits)
             return (*_ranked(scores_i2t), *_ranked(scores_t2i.t()))
         return (*_ranked(logits.softmax(dim=1)), *_ranked(logits.t().softmax(dim=1)))
 
-    def _rank_fusion(self, model_inputs, batch_size: int, rerank_k: int):
-        model, vlp = self.model, self.model.vlp
+    def _rank_rerank(self, model_inputs, batch_size: int, rerank_k: int):
+        model = self.model
         visual_inputs, text_inputs = model_inputs["visual_inputs"], model_inputs["text_inputs"]
         num_images = next(iter(visual_inputs.values())).shape[0]
         num_texts = text_inputs["input_ids"].shape[0]
-        has_itc = vlp.text_projection is not None
+        has_itc = model.vlp.text_projection is not None
         if has_itc and rerank_k < min(num_images, num_texts):
-            # `image_ids` only feeds `rank`'s recall metrics, which mean nothing here.
+            # `image_ids` only feeds `rerank_retrieval`'s recall metrics, which mean nothing here.
             image_ids = torch.zeros(num_texts, dtype=torch.long)
             result = rerank_retrieval(model, visual_inputs, text_inputs, rerank_k, batch_size, image_ids=image_ids)
             return (
@@ -241,42 +233,19 @@ class VLPImageTextRetrievalPipeline(Pipeline):
             )
         # Every pair: with no ITC head nothing shortlists, and with `rerank_k` covering one side every pair would be
         # re-scored in that direction anyway.
-        image_states, image_masks, image_embeds = [], [], []
-        for chunk in _batches(visual_inputs, batch_size):
-            image = vlp.encode_image(**chunk)
-            image_states.append(image.last_hidden_state)
-            image_masks.append(image.attention_mask)
-            if has_itc:
-                image_embeds.append(vlp.project_image(image.last_hidden_state, image.attention_mask))
-        text_states, text_masks, text_embeds = [], [], []
-        for chunk in _batches(text_inputs, batch_size):
-            states = vlp.encode_text(**chunk).last_hidden_state
-            text_states.append(states)
-            mask = chunk.get("attention_mask")
-            text_masks.append(
-                mask if mask is not None else torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
-            )
-            if has_itc:
-                text_embeds.append(vlp.project_text(states))
-        image_states, image_masks = torch.cat(image_states), torch.cat(image_masks)
-        text_states, text_masks = torch.cat(text_states), torch.cat(text_masks)
-        log_odds = torch.empty(num_images * num_texts, device=text_states.device)
-        pairs = torch.arange(num_images * num_texts, device=text_states.device)
-        for start in range(0, pairs.shape[0], batch_size):
-            chunk = pairs[start : start + batch_size]
-            images, texts = chunk // num_texts, chunk % num_texts
-            itm_logits = model.itm_logits_for_pairs(
-                text_states[texts], text_masks[texts], image_states[images], image_masks[images]
-            )
-            log_odds[start : start + batch_size] = itm_log_odds(itm_logits).float()
-        log_odds = log_odds.view(num_images, num_texts)
+        candidates = encode_fusion_candidates(model, visual_inputs, text_inputs, batch_size)
+        similarity = candidates.similarity
+        every = shortlist_and_rescore(
+            torch.zeros(num_images, num_texts, device=candidates.text_states.device), num_texts, num_images,
+            lambda images, texts: candidates.itm_log_odds(model, images, texts), batch_size,
+        )  # fmt: skip
         if has_itc:  # ALBEF's score, as `rerank_retrieval`
-            scores = log_odds + (torch.cat(image_embeds) @ torch.cat(text_embeds).t()).float()
+            scores_i2t, scores_t2i = every.scores_i2t + similarity, every.scores_t2i + similarity.t()
         else:
-            scores = torch.sigmoid(log_odds)
-        return (*_ranked(scores), *_ranked(scores.t()))
+            scores_i2t, scores_t2i = torch.sigmoid(every.scores_i2t), torch.sigmoid(every.scores_t2i)
+        return (*_ranked(scores_i2t), *_ranked(scores_t2i))
 
-    def _rank_unified(self, model_inputs, batch_size: int, rerank_k: int):
+    def _rank_match(self, model_inputs, batch_size: int, rerank_k: int):
         visual_inputs, text_inputs = model_inputs["visual_inputs"], model_inputs["text_inputs"]
         if self.shortlister is None:
             log_odds = image_text_match_scores(self.model, visual_inputs, text_inputs, batch_size, show_progress=False)
@@ -286,32 +255,24 @@ class VLPImageTextRetrievalPipeline(Pipeline):
             model_inputs["shortlist_inputs"], device=self.shortlister.device
         )
         similarity = self.shortlister.dual_logits(shortlist_inputs, batch_size).to(self.device)
-        num_images, num_texts = similarity.shape
-        topk_i2t = similarity.topk(min(rerank_k, num_texts), dim=1).indices  # (num_images, k) texts
-        topk_t2i = similarity.t().topk(min(rerank_k, num_images), dim=1).indices  # (num_texts, k) images
-        # Pairs as image * num_texts + text: both directions' candidates, each pair scored once.
-        keys_i2t = torch.arange(num_images, device=self.device)[:, None] * num_texts + topk_i2t
-        keys_t2i = topk_t2i * num_texts + torch.arange(num_texts, device=self.device)[:, None]
-        pairs = torch.unique(torch.cat([keys_i2t.flatten(), keys_t2i.flatten()]))  # sorted
-        log_odds = torch.empty(pairs.shape[0], device=self.device)
-        for start in range(0, pairs.shape[0], batch_size):
-            chunk = pairs[start : start + batch_size]
-            images, texts = chunk // num_texts, chunk % num_texts
+
+        def match_probability(images, texts):
             outputs = self.model(
                 **{name: value[images] for name, value in visual_inputs.items()},
                 **{name: value[texts] for name, value in text_inputs.items()},
                 return_dict=True,
             )
-            log_odds[start : start + batch_size] = itm_log_odds(outputs.itm_logits).float()
-        scores = torch.sigmoid(log_odds)
+            return torch.sigmoid(itm_log_odds(outputs.itm_logits).float())
+
+        shortlist = shortlist_and_rescore(similarity, rerank_k, rerank_k, match_probability, batch_size)
         return (
-            *_ranked(scores[torch.searchsorted(pairs, keys_i2t)], topk_i2t),
-            *_ranked(scores[torch.searchsorted(pairs, keys_t2i)], topk_t2i),
+            *_ranked(shortlist.scores_i2t, shortlist.topk_i2t),
+            *_ranked(shortlist.scores_t2i, shortlist.topk_t2i),
         )
 
     def _forward(self, model_inputs, batch_size: int = DEFAULT_ENCODE_BATCH_SIZE, rerank_k: int = DEFAULT_RERANK_K):
-        rank = {"dual": self._rank_dual, "fusion": self._rank_fusion, "unified": self._rank_unified}[self.family]
-        i2t_index, i2t_score, t2i_index, t2i_score = rank(model_inputs, batch_size, rerank_k)
+        rank = {"embeddings": self._rank_embeddings, "rerank": self._rank_rerank, "match": self._rank_match}
+        i2t_index, i2t_score, t2i_index, t2i_score = rank[self.ranking](model_inputs, batch_size, rerank_k)
         return {
             "texts": model_inputs["texts"],
             "i2t_index": i2t_index,

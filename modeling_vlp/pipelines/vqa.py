@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""The "visual-question-answering" pipeline (`VLPVisualQuestionAnsweringPipeline`), a task transformers 5 removed:
+answers from `config.id2label` for the VQA classifiers of the unified and fusion families; `import modeling_vlp`
+registers it (`modeling_vlp.pipelines`)."""
 
 import torch
 from torch.utils.data import DataLoader
@@ -11,17 +13,13 @@ from .common import (
     SCORE_FUNCTIONS,
     TEXT_INPUT_NAMES,
     VQA_TASK,
-    _check_positive_int,
+    _call_parameters,
     _load_visual,
     _process_visuals,
     _reads_regions,
     _require_processor,
     _text_kwargs,
 )
-
-# --------------------------------------------------------------------------------------------------------------
-# visual-question-answering
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _answer_labels(config) -> list[str]:
@@ -121,19 +119,10 @@ class VLPVisualQuestionAnsweringPipeline(Pipeline):
         return super().__call__(_vqa_inputs(image, question), **kwargs)
 
     def _sanitize_parameters(self, top_k=None, function_to_apply=None, timeout=None, tokenizer_kwargs=None, **kwargs):
-        if kwargs:
-            raise ValueError(
-                f"Unknown arguments {sorted(kwargs)} for the {VQA_TASK} pipeline; expected among top_k, "
-                "function_to_apply, batch_size, tokenizer_kwargs, timeout."
-            )
-        preprocess_params, postprocess_params = {}, {}
-        if timeout is not None:
-            preprocess_params["timeout"] = timeout
-        if tokenizer_kwargs is not None:
-            preprocess_params["tokenizer_kwargs"] = tokenizer_kwargs
-        if top_k is not None:
-            _check_positive_int(top_k, "top_k")
-            postprocess_params["top_k"] = top_k
+        expected = "top_k, function_to_apply, batch_size, tokenizer_kwargs, timeout"
+        preprocess_params, postprocess_params = _call_parameters(
+            VQA_TASK, expected, timeout, tokenizer_kwargs, top_k, kwargs
+        )
         if function_to_apply is not None:
             if function_to_apply not in SCORE_FUNCTIONS:
                 raise ValueError(f"`function_to_apply` must be one of {SCORE_FUNCTIONS}, got {function_to_apply!r}.")

@@ -1,4 +1,7 @@
-"""TODO docstring"""
+"""The "zero-shot-image-classification" pipeline for every model (`VLPZeroShotImageClassificationPipeline`): the stock
+one, which picks sigmoid scores and SigLIP's max-length padding only for "siglip" model types, reading
+`config.loss_type` of our dual encoders instead; `import modeling_vlp` installs it for the task
+(`modeling_vlp.pipelines`)."""
 
 import json
 import os

@@ -8,7 +8,8 @@ An objective is a function `(model, outputs, inputs, objective_args) -> scalar l
 model (read its config, call its building steps), `outputs` what its forward returned on the batch and `inputs` the
 whole collated batch (including columns the model does not take, such as `image_id`), with an optional `prepare`
 step `(model, inputs, objective_args) -> inputs` that runs before the forward (e.g. pairing images with other
-captions for ITM). `OBJECTIVES` maps each family's `config.model_type` to its objectives by name.
+captions for ITM). `OBJECTIVES` maps each family's `config.model_type` to its objectives by name; the families
+fill it (`modeling_vlp.families`).
 """
 
 import inspect
@@ -75,7 +76,7 @@ class VLPObjectiveArguments:
             self.objectives = {name: 1.0 for name in self.objectives}
         if not self.objectives:
             raise ValueError("`objectives` must name at least one objective, got an empty mapping.")
-        known = sorted({name for table in OBJECTIVES.values() for name in table})
+        known = sorted(OBJECTIVE_DESCRIPTIONS)
         unknown = sorted(set(self.objectives) - set(known))
         if unknown:
             raise ValueError(f"Unknown objectives {unknown} in `objectives`; known objectives: {known}.")
@@ -272,7 +273,7 @@ def fusion_mlm_objective(
     model: nn.Module, outputs: ModelOutput, inputs: dict[str, Any], args: VLPObjectiveArguments
 ) -> torch.Tensor:
     """MLM on the fused text; with momentum distillation mixed with the teacher's predicted distribution (ALBEF)."""
-    loss = _mlm_loss(model, outputs, inputs, args)
+    loss = mlm_objective(model, outputs, inputs, args)
     distiller = args.distiller
     if distiller is None:
         return loss
@@ -287,7 +288,10 @@ def fusion_mlm_objective(
     return (1 - distiller.alpha) * loss + distiller.alpha * distill
 
 
-_mlm_loss = model_loss("mlm", "`mlm_labels` (VLPPretrainingCollator with mlm_probability > 0)")
+mlm_objective = model_loss("mlm", "`mlm_labels` (VLPPretrainingCollator with mlm_probability > 0)")
+mim_objective = model_loss("mim", "`mim_mask` (VLPPretrainingCollator with mim_ratio > 0)")
+matching_objective = model_loss("itm", "`input_ids` (negatives are drawn here)")  # single-stream ITM
+lm_objective = model_loss("lm", "`labels` or `input_ids`")
 
 
 def prepare_lm_labels(model: nn.Module, inputs: dict[str, Any], args: VLPObjectiveArguments) -> dict[str, Any]:
@@ -315,24 +319,25 @@ def captioning_itc_objective(
     return itc_objective(model, outputs, inputs, args)
 
 
-OBJECTIVES: dict[str, dict[str, Objective]] = {
-    "vlp_dual_encoder": {"itc": Objective(itc_objective)},
-    "vlp_unified": {
-        "itm": Objective(model_loss("itm", "`input_ids` (negatives are drawn here)"), prepare=prepare_itm_pairs),
-        "mlm": Objective(_mlm_loss),
-        "mim": Objective(model_loss("mim", "`mim_mask` (VLPPretrainingCollator with mim_ratio > 0)")),
-    },
-    "vlp_fusion": {
-        "itc": Objective(fusion_itc_objective),
-        "itm": Objective(fusion_itm_objective),
-        "mlm": Objective(fusion_mlm_objective),
-        "mim": Objective(model_loss("mim", "`mim_mask` (VLPPretrainingCollator with mim_ratio > 0)")),
-    },
-    "vlp_captioning": {
-        "itc": Objective(captioning_itc_objective),
-        "lm": Objective(model_loss("lm", "`labels` or `input_ids`"), prepare=prepare_lm_labels),
-    },
+# Every objective by name, with what it trains (model cards quote these).
+OBJECTIVE_DESCRIPTIONS = {
+    "itc": "image-text contrastive learning (matched pairs against every other pair of the global batch)",
+    "itm": "image-text matching (a binary classifier on the fused pair, with hard negatives)",
+    "mlm": "masked language modelling conditioned on the image",
+    "mim": "masked image modelling (masked patches or regions reconstructed)",
+    "lm": "captioning (language modelling conditioned on the image)",
 }
+# Each family's implementation of its objectives, by `config.model_type`. The families register theirs
+# (`modeling_vlp.families`, imported with the package); `register_objectives` adds a new one.
+OBJECTIVES: dict[str, dict[str, Objective]] = {}
+
+
+def register_objectives(model_type: str, objectives: dict[str, Objective]) -> None:
+    """Make `objectives` (name -> `Objective`) the objectives `VLPTrainer` trains models of `model_type` with."""
+    unknown = sorted(set(objectives) - set(OBJECTIVE_DESCRIPTIONS))
+    if unknown:
+        raise ValueError(f"Objectives {unknown} of {model_type!r} have no entry in OBJECTIVE_DESCRIPTIONS.")
+    OBJECTIVES[model_type] = dict(objectives)
 
 
 def resolve_objectives(model: nn.Module, objective_args: VLPObjectiveArguments) -> dict[str, Objective]:
@@ -528,6 +533,7 @@ def _batch_size(inputs: dict[str, Any]) -> int:
 
 __all__ = [
     "OBJECTIVES",
+    "OBJECTIVE_DESCRIPTIONS",
     "Objective",
     "VLPObjectiveArguments",
     "VLPTrainer",
@@ -535,5 +541,6 @@ __all__ = [
     "itc_objective",
     "prepare_itm_pairs",
     "prepare_lm_labels",
+    "register_objectives",
     "resolve_objectives",
 ]

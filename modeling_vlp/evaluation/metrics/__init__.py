@@ -14,7 +14,8 @@ once, there), so `evaluate.load` gives exactly the numbers of those functions:
     metric.add_batch(predictions=logits, references=labels)  # as many batches as needed
     metric.compute()  # {"top1": ..., "top5": ...}
 
-Loading reads only the local script (no network).
+Loading reads only the local script (no network). The scripts import `modeling_vlp` by its installed name (evaluate
+copies each script alone into its module cache), for the functions above and `metric_info`.
 """
 
 import os
@@ -29,6 +30,20 @@ def metric_path(name: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
 
 
+def metric_info(description: str, inputs_description: str, features: dict):
+    """The `evaluate.MetricInfo` a metric script's `_info` returns: its docs and its input `features` (a dict of
+    `datasets` feature types), no citation."""
+    import datasets
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation="",
+        inputs_description=inputs_description,
+        features=datasets.Features(features),
+    )
+
+
 def load_metric(name: str, **kwargs):
     """`evaluate.load` of the metric `name` (one of `METRICS`); `kwargs` go to `evaluate.load` (`config_name`,
     `experiment_id`, `keep_in_memory`, ...)."""
@@ -37,4 +52,4 @@ def load_metric(name: str, **kwargs):
     return evaluate.load(metric_path(name), **kwargs)
 
 
-__all__ = ["METRICS", "metric_path", "load_metric"]
+__all__ = ["METRICS", "metric_path", "metric_info", "load_metric"]

@@ -15,6 +15,7 @@ import datasets
 import evaluate
 
 from modeling_vlp.evaluation import caption_metrics
+from modeling_vlp.evaluation.metrics import metric_info
 
 _DESCRIPTION = __doc__
 _KWARGS_DESCRIPTION = """
@@ -29,14 +30,8 @@ Returns:
 
 class VlpCaption(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-            ),
-        )
+        features = {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, features)
 
     def _compute(self, predictions, references, meteor=None):
         return caption_metrics(list(predictions), [list(refs) for refs in references], meteor=meteor)

@@ -18,6 +18,7 @@ import evaluate
 import numpy as np
 
 from modeling_vlp.evaluation import retrieval_metrics
+from modeling_vlp.evaluation.metrics import metric_info
 
 _DESCRIPTION = __doc__
 _KWARGS_DESCRIPTION = """
@@ -33,14 +34,8 @@ Returns:
 
 class VlpRetrieval(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"scores": datasets.Sequence(datasets.Value("float64")), "image_index": datasets.Value("int64")}
-            ),
-        )
+        features = {"scores": datasets.Sequence(datasets.Value("float64")), "image_index": datasets.Value("int64")}
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, features)
 
     def _compute(self, scores, image_index, ks=(1, 5, 10), image_to_text_scores=None):
         scores = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)

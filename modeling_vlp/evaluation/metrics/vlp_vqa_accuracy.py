@@ -18,6 +18,7 @@ import evaluate
 import numpy as np
 
 from modeling_vlp.evaluation import vqa_accuracy, vqa_soft_score_accuracy
+from modeling_vlp.evaluation.metrics import metric_info
 
 _DESCRIPTION = __doc__
 _KWARGS_DESCRIPTION = """
@@ -41,12 +42,7 @@ class VlpVqaAccuracy(evaluate.Metric):
             }
         else:
             features = {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(features),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, features)
 
     def _compute(self, predictions, references):
         if self.config_name == "soft_scores":

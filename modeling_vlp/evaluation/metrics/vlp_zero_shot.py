@@ -15,6 +15,7 @@ import evaluate
 import numpy as np
 
 from modeling_vlp.evaluation import topk_accuracy
+from modeling_vlp.evaluation.metrics import metric_info
 
 _DESCRIPTION = __doc__
 _KWARGS_DESCRIPTION = """
@@ -29,14 +30,8 @@ Returns:
 
 class VlpZeroShot(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Sequence(datasets.Value("float64")), "references": datasets.Value("int64")}
-            ),
-        )
+        features = {"predictions": datasets.Sequence(datasets.Value("float64")), "references": datasets.Value("int64")}
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, features)
 
     def _compute(self, predictions, references, ks=(1, 5)):
         logits = np.asarray(predictions, dtype=np.float64).reshape(len(predictions), -1)

@@ -1,0 +1,122 @@
+"""The captioning family's config (BLIP's captioner, CoCa)."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .configuration_vlp import (
+    _VIT_B_16,
+    VLPTextConfig,
+    VLPVisionConfig,
+    _tower_config,
+    check_own_towers,
+)
+
+CAPTIONING_LOSSES = ("lm", "itc")
+
+# The towers of `VLPCaptioningConfig()`: BLIP's captioning base (ViT-B/16 at 384px, a 12-layer BERT decoder whose
+# every layer cross-attends to the image; [DEC] = 30522 starts a caption, [SEP] = 102 ends it).
+_BLIP_VISION = dict(_VIT_B_16, image_size=384, layer_norm_eps=1e-5)
+_BLIP_TEXT = dict(
+    vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=512, type_vocab_size=0, hidden_act="gelu", layer_norm_eps=1e-12, pre_norm=False,
+    causal=True, embedding_layernorm=True, final_layernorm=False, pooling="eos", pad_token_id=0,
+    bos_token_id=30522, eos_token_id=102,
+)  # fmt: skip
+
+
+@strict
+class VLPCaptioningConfig(PreTrainedConfig):
+    r"""An image encoder and a causal text decoder that cross-attends to the image tokens (BLIP's captioner, CoCa).
+
+    Towers. `vision_config` (a `VLPVisionConfig`) encodes the image; every one of its tokens goes to the decoder, so
+    its `final_norm` is "all" or "none". `text_config` (a `VLPTextConfig` with `causal=True`) is the decoder: its
+    `num_hidden_layers` layers are `num_unimodal_layers` text-only layers (CoCa's unimodal text encoder; 0 for BLIP)
+    followed by multimodal layers, of which every `cross_attention_every`-th (1: all, BLIP) has a cross-attention to
+    the image tokens. `text_config.final_layernorm` puts a LayerNorm on the decoder output (pre-norm decoders).
+
+    Head. `lm_head_transform=True` is BERT's prediction head (dense + activation + LayerNorm, then the vocabulary
+    decoder with a bias; BLIP); False a plain linear layer without bias (CoCa, GPT-style). With
+    `tie_word_embeddings` the vocabulary decoder shares the decoder's word embeddings.
+
+    Tokens. A caption is `decoder_start_token_id` (None: `text_config.bos_token_id`), the words, then
+    `text_config.eos_token_id`; padding is `text_config.pad_token_id`. `generate()` starts from
+    `decoder_start_token_id` when given no prompt and stops at the eos token.
+
+    Losses. The LM loss is next-token cross-entropy with `label_smoothing`. With `projection_dim` set, the model
+    also has CoCa's contrastive head: the image tower's pooled token and the unimodal text state at the first eos
+    (`text_config.pooling`) projected to `projection_dim`, with a learned temperature `exp(logit_scale)` clamped to
+    `logit_scale_max`; None (BLIP's captioner) has no contrastive head. `loss_weights` weigh "lm" and "itc" into the
+    total `loss` of `VLPForConditionalGeneration`.
+    """
+
+    model_type = "vlp_captioning"
+    sub_configs_defaults = {"vision_config": VLPVisionConfig, "text_config": VLPTextConfig}
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    num_unimodal_layers: int = 0
+    cross_attention_every: int = 1
+    lm_head_transform: bool = True
+    projection_dim: int | None = None
+    projection_bias: bool = False
+    logit_scale_init_value: float = 2.6592
+    logit_scale_max: float | None = 100.0
+    decoder_start_token_id: int | None = None
+    label_smoothing: float = 0.0
+    loss_weights: dict[str, float] | None = None
+    tie_word_embeddings: bool = True
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self.vision_config = _tower_config(_BLIP_VISION if self.vision_config is None else self.vision_config, VLPVisionConfig)
+        self.text_config = _tower_config(_BLIP_TEXT if self.text_config is None else self.text_config, VLPTextConfig)
+        self.loss_weights = {**dict.fromkeys(CAPTIONING_LOSSES, 1.0), **(self.loss_weights or {})}
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        text, vision = self.text_config, self.vision_config
+        check_own_towers(self, "captioning")
+        if not text.causal:
+            raise ValueError("The captioning text decoder is causal: `text_config.causal` must be True.")
+        if vision.final_norm == "pooled":
+            raise ValueError(
+                "`vision_config.final_norm='pooled'` normalises a pooled token only, but the decoder reads every "
+                "image token: use 'all' (or 'none')."
+            )
+        if not 0 <= self.num_unimodal_layers < text.num_hidden_layers:
+            raise ValueError(
+                f"`num_unimodal_layers` must be in [0, text_config.num_hidden_layers={text.num_hidden_layers}) so that "
+                f"at least one layer cross-attends to the image, got {self.num_unimodal_layers}."
+            )
+        if self.cross_attention_every < 1:
+            raise ValueError(f"`cross_attention_every` must be >= 1, got {self.cross_attention_every}.")
+        if self.projection_dim is not None:
+            if self.projection_dim < 1:
+                raise ValueError(
+                    f"`projection_dim` must be a positive int or None (no contrastive head), got {self.projection_dim}."
+                )
+            if self.num_unimodal_layers < 1:
+                raise ValueError(
+                    "A contrastive head (`projection_dim` set) reads the unimodal text state: `num_unimodal_layers` "
+                    "must be >= 1."
+                )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}.")
+        unknown = sorted(set(self.loss_weights) - set(CAPTIONING_LOSSES))
+        if unknown:
+            raise ValueError(f"`loss_weights` has unknown losses {unknown}; known: {CAPTIONING_LOSSES}.")
+        if self.decoder_start_id is None:
+            raise ValueError("A caption needs a start token: set `decoder_start_token_id` or `text_config.bos_token_id`.")
+
+    @property
+    def decoder_start_id(self) -> int | None:
+        """The token a caption starts with: `decoder_start_token_id`, else the text config's bos."""
+        return self.decoder_start_token_id if self.decoder_start_token_id is not None else self.text_config.bos_token_id
+
+    def has_cross_attention(self, layer_index: int) -> bool:
+        """Whether decoder layer `layer_index` cross-attends to the image tokens."""
+        multimodal_index = layer_index - self.num_unimodal_layers
+        return multimodal_index >= 0 and multimodal_index % self.cross_attention_every == 0
+
+
+__all__ = ["VLPCaptioningConfig"]

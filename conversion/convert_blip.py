@@ -137,7 +137,9 @@ def compare(source_model, model, inputs: dict[str, torch.Tensor]) -> tuple[dict[
     real = inputs["attention_mask"].bool()
     diffs = {
         "logits": common.max_abs_diff(reference.logits[real], ours.logits[real]),
-        "image_embeds": common.max_abs_diff(reference.image_embeds, ours.image_hidden_states),
+        "image_embeds": common.max_abs_diff(
+            reference.image_embeds, ours.captioning_output.image_hidden_states
+        ),
         "loss": common.max_abs_diff(reference.loss, ours.loss_lm),
     }
     generate_kwargs = dict(max_new_tokens=GENERATED_TOKENS, min_new_tokens=GENERATED_TOKENS, num_beams=1, do_sample=False)

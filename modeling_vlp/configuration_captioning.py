@@ -4,6 +4,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_vlp import (
+    _FUSION_BERT_BASE,
     _VIT_B_16,
     VLPTextConfig,
     VLPVisionConfig,
@@ -17,10 +18,8 @@ CAPTIONING_LOSSES = ("lm", "itc")
 # every layer cross-attends to the image; [DEC] = 30522 starts a caption, [SEP] = 102 ends it).
 _BLIP_VISION = dict(_VIT_B_16, image_size=384, layer_norm_eps=1e-5)
 _BLIP_TEXT = dict(
-    vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=512, type_vocab_size=0, hidden_act="gelu", layer_norm_eps=1e-12, pre_norm=False,
-    causal=True, embedding_layernorm=True, final_layernorm=False, pooling="eos", pad_token_id=0,
-    bos_token_id=30522, eos_token_id=102,
+    _FUSION_BERT_BASE, vocab_size=30524, num_hidden_layers=12, type_vocab_size=0, causal=True, pooling="eos",
+    bos_token_id=30522,
 )  # fmt: skip
 
 

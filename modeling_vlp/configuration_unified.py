@@ -1,9 +1,8 @@
 """The unified family's config (ViLT, VisualBERT, UNITER, Oscar)."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
 
-from .configuration_vlp import VISUAL_INPUTS, _check_choice, _check_heads
+from .configuration_vlp import VISUAL_INPUTS, VLPTransformerConfig, _check_choice
 
 EMBEDDING_NORMS = ("text", "joint", "separate")
 BOX_EMBEDDINGS = ("none", "linear", "uniter")
@@ -12,7 +11,7 @@ VQA_LOSSES = ("bce", "kl")
 
 
 @strict
-class VLPUnifiedConfig(PreTrainedConfig):
+class VLPUnifiedConfig(VLPTransformerConfig):
     r"""One transformer over `[text; visual]` tokens (ViLT, VisualBERT, UNITER, Oscar).
 
     Text tokens are word + position + token-type embeddings. Visual tokens come from `visual_input`:
@@ -62,18 +61,10 @@ class VLPUnifiedConfig(PreTrainedConfig):
     visual_pos_layernorm: bool = False
     normalized_boxes: bool = True
     max_regions: int = 100
-    # embeddings and encoder
+    # embeddings and encoder (the other fields of the stack: `VLPTransformerConfig`'s)
     embedding_norm: str = "text"
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12
-    attention_dropout: float = 0.0
-    hidden_dropout: float = 0.0
-    qkv_bias: bool = True
-    pre_norm: bool = True
     # heads
     itm_loss_weight: float = 1.0
     mlm_loss_weight: float = 1.0
@@ -83,10 +74,9 @@ class VLPUnifiedConfig(PreTrainedConfig):
     vqa_loss: str = "bce"
     pad_token_id: int | None = 0
     tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
 
     def validate_architecture(self):
-        _check_heads(self.hidden_size, self.num_attention_heads)
+        super().validate_architecture()
         _check_choice("visual_input", self.visual_input, VISUAL_INPUTS)
         _check_choice("embedding_norm", self.embedding_norm, EMBEDDING_NORMS)
         _check_choice("box_embedding", self.box_embedding, BOX_EMBEDDINGS)

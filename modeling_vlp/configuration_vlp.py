@@ -30,7 +30,29 @@ def _check_heads(hidden_size: int, num_attention_heads: int) -> None:
 
 
 @strict
-class VLPVisionConfig(PreTrainedConfig):
+class VLPTransformerConfig(PreTrainedConfig):
+    r"""What the shared transformer layers read of a config (`modeling_layers`): one stack's widths, depth, heads,
+    activation, LayerNorm placement and eps, dropouts, biases and init range. The towers and the unified family's
+    single stack build on it (with their own defaults where they differ)."""
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    qkv_bias: bool = True
+    pre_norm: bool = True
+    initializer_range: float = 0.02
+
+    def validate_architecture(self):
+        _check_heads(self.hidden_size, self.num_attention_heads)
+
+
+@strict
+class VLPVisionConfig(VLPTransformerConfig):
     r"""A ViT image tower.
 
     `pre_norm` picks pre-LN (CLIP, SigLIP) or post-LN (BERT-style) blocks; `pre_layernorm` adds CLIP's LayerNorm on
@@ -48,26 +70,15 @@ class VLPVisionConfig(PreTrainedConfig):
     image_size: int = 224
     patch_size: int = 32
     num_channels: int = 3
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    hidden_act: str = "quick_gelu"
-    layer_norm_eps: float = 1e-5
-    attention_dropout: float = 0.0
-    hidden_dropout: float = 0.0
-    qkv_bias: bool = True
-    pre_norm: bool = True
     class_token: bool = True
     patch_bias: bool = False
     pre_layernorm: bool = True
     final_norm: str = "pooled"
     pooling: str = "cls"
-    initializer_range: float = 0.02
     initializer_style: str = "normal"
 
     def validate_architecture(self):
-        _check_heads(self.hidden_size, self.num_attention_heads)
+        super().validate_architecture()
         _check_choice("initializer_style", self.initializer_style, INITIALIZER_STYLES)
         _check_choice("pooling", self.pooling, VISION_POOLINGS)
         _check_choice("final_norm", self.final_norm, FINAL_NORMS)
@@ -82,7 +93,7 @@ class VLPVisionConfig(PreTrainedConfig):
 
 
 @strict
-class VLPTextConfig(PreTrainedConfig):
+class VLPTextConfig(VLPTransformerConfig):
     r"""A transformer text tower.
 
     `causal` picks a causal (CLIP) or bidirectional (BERT, SigLIP) encoder. `pooling` reads the first `eos_token_id`
@@ -98,16 +109,9 @@ class VLPTextConfig(PreTrainedConfig):
     vocab_size: int = 49408
     hidden_size: int = 512
     intermediate_size: int = 2048
-    num_hidden_layers: int = 12
     num_attention_heads: int = 8
     max_position_embeddings: int = 77
     type_vocab_size: int = 0
-    hidden_act: str = "quick_gelu"
-    layer_norm_eps: float = 1e-5
-    attention_dropout: float = 0.0
-    hidden_dropout: float = 0.0
-    qkv_bias: bool = True
-    pre_norm: bool = True
     causal: bool = True
     embedding_layernorm: bool = False
     final_layernorm: bool = True
@@ -115,11 +119,10 @@ class VLPTextConfig(PreTrainedConfig):
     pad_token_id: int | None = 1
     bos_token_id: int | None = 49406
     eos_token_id: int | None = 49407
-    initializer_range: float = 0.02
     initializer_style: str = "normal"
 
     def validate_architecture(self):
-        _check_heads(self.hidden_size, self.num_attention_heads)
+        super().validate_architecture()
         _check_choice("initializer_style", self.initializer_style, INITIALIZER_STYLES)
         _check_choice("pooling", self.pooling, TEXT_POOLINGS)
         if self.pooling == "eos" and self.eos_token_id is None:

@@ -14,20 +14,7 @@ from dataclasses import dataclass
 from .evaluation.captioning import evaluate_captioning
 from .evaluation.embeddings import evaluate_dual_encoder
 from .evaluation.matching import evaluate_fusion_retrieval, evaluate_image_text_matching
-from .modeling_captioning import VLPCaptioningModel, VLPForConditionalGeneration
-from .modeling_dual_encoder import VLPDualEncoderModel
-from .modeling_fusion import (
-    VLPFusionForPreTraining,
-    VLPFusionForQuestionAnswering,
-    VLPFusionModel,
-)
-from .modeling_fusion_retrieval import VLPFusionForImageTextRetrieval
-from .modeling_unified import (
-    VLPUnifiedForImageTextRetrieval,
-    VLPUnifiedForPreTraining,
-    VLPUnifiedForQuestionAnswering,
-    VLPUnifiedModel,
-)
+from .registration import MODEL_CLASSES
 from .training.trainer import (
     Objective,
     captioning_itc_objective,
@@ -82,15 +69,21 @@ def _tower_overrides(args, base) -> dict:
     return {"vision_config": vision, "text_config": text}
 
 
-def _fusion_overrides(args, base, tokenizer) -> dict:
+def _towers_with_tokenizer(args, base, tokenizer) -> dict:
+    """The tower overrides given, the text tower taking the tokenizer's vocabulary and special tokens."""
     towers = _tower_overrides(args, base)
     if tokenizer is not None:
         towers["text_config"].update(_tokenizer_fields(tokenizer))
     overrides = {name: {k: v for k, v in tower.items() if v is not None} for name, tower in towers.items()}
-    if args.fusion_layers is not None:
-        overrides["num_fusion_layers"] = args.fusion_layers
     if args.projection_dim is not None:
         overrides["projection_dim"] = args.projection_dim
+    return overrides
+
+
+def _fusion_overrides(args, base, tokenizer) -> dict:
+    overrides = _towers_with_tokenizer(args, base, tokenizer)
+    if args.fusion_layers is not None:
+        overrides["num_fusion_layers"] = args.fusion_layers
     return overrides
 
 
@@ -118,13 +111,7 @@ def _dual_overrides(args, base, tokenizer) -> dict:
 def _captioning_overrides(args, base, tokenizer) -> dict:
     """The dual family's tower overrides, the text tower being the decoder; its start, end and padding tokens come
     from the tokenizer (a caption is bos, words, eos)."""
-    towers = _tower_overrides(args, base)
-    if tokenizer is not None:
-        towers["text_config"].update(_tokenizer_fields(tokenizer))
-    overrides = {name: {k: v for k, v in tower.items() if v is not None} for name, tower in towers.items()}
-    if args.projection_dim is not None:
-        overrides["projection_dim"] = args.projection_dim
-    return overrides
+    return _towers_with_tokenizer(args, base, tokenizer)
 
 
 def _check_captioning_objectives(config, objectives) -> None:
@@ -287,19 +274,32 @@ class Family:
         return self.pipeline_tags.get(self.role_of(class_name), self.pipeline_tags["*"])
 
 
+def _tower_image_size(config) -> int:
+    return config.vision_config.image_size
+
+
+def _tower_text_length(config) -> int:
+    return config.text_config.max_position_embeddings
+
+
+def _classes(**roles: str) -> dict[str, type]:
+    """Role -> model class, by class name (`registration.MODEL_CLASSES`, wherever the model file defines it)."""
+    return {role: MODEL_CLASSES[name] for role, name in roles.items()}
+
+
 _MIM = Objective(mim_objective)
 FAMILY_LIST = (
     Family(
         name="dual",
         model_type="vlp_dual_encoder",
         summary="dual encoder (separate image and text towers scored by a dot product, CLIP / SigLIP style)",
-        classes={"base": VLPDualEncoderModel, "pretraining": VLPDualEncoderModel},
+        classes=_classes(base="VLPDualEncoderModel", pretraining="VLPDualEncoderModel"),
         default_preset="dual-small",
         default_objectives=("itc",),
         objectives={"itc": Objective(itc_objective)},
         config_overrides=_dual_overrides,
-        image_size=lambda config: config.vision_config.image_size,
-        max_text_length=lambda config: config.text_config.max_position_embeddings,
+        image_size=_tower_image_size,
+        max_text_length=_tower_text_length,
         evaluate=_evaluate_dual,
         evaluation_tasks={"retrieval": "base", "zero-shot": "base"},
         describe=_describe_dual,
@@ -315,10 +315,10 @@ FAMILY_LIST = (
         model_type="vlp_unified",
         summary="unified single-stream encoder (one transformer over text and visual tokens, ViLT / VisualBERT / "
         "UNITER style)",
-        classes={
-            "base": VLPUnifiedModel, "pretraining": VLPUnifiedForPreTraining,
-            "question_answering": VLPUnifiedForQuestionAnswering, "retrieval": VLPUnifiedForImageTextRetrieval,
-        },  # fmt: skip
+        classes=_classes(
+            base="VLPUnifiedModel", pretraining="VLPUnifiedForPreTraining",
+            question_answering="VLPUnifiedForQuestionAnswering", retrieval="VLPUnifiedForImageTextRetrieval",
+        ),  # fmt: skip
         default_preset="unified-small",
         default_objectives=("itm", "mlm"),
         objectives={
@@ -344,10 +344,10 @@ FAMILY_LIST = (
         name="fusion",
         model_type="vlp_fusion",
         summary="fusion encoder (text and image encoders joined by fusion layers, LXMERT / ALBEF style)",
-        classes={
-            "base": VLPFusionModel, "pretraining": VLPFusionForPreTraining,
-            "question_answering": VLPFusionForQuestionAnswering, "retrieval": VLPFusionForImageTextRetrieval,
-        },  # fmt: skip
+        classes=_classes(
+            base="VLPFusionModel", pretraining="VLPFusionForPreTraining",
+            question_answering="VLPFusionForQuestionAnswering", retrieval="VLPFusionForImageTextRetrieval",
+        ),  # fmt: skip
         default_preset="fusion-small",
         default_objectives=("itc", "itm", "mlm"),
         objectives={
@@ -355,8 +355,8 @@ FAMILY_LIST = (
             "mlm": Objective(fusion_mlm_objective), "mim": _MIM,
         },  # fmt: skip
         config_overrides=_fusion_overrides,
-        image_size=lambda config: config.vision_config.image_size,
-        max_text_length=lambda config: config.text_config.max_position_embeddings,
+        image_size=_tower_image_size,
+        max_text_length=_tower_text_length,
         evaluate=_evaluate_fusion,
         evaluation_tasks={"retrieval": "retrieval", "zero-shot": "base", "vqa": "question_answering"},
         describe=_describe_fusion,
@@ -370,16 +370,17 @@ FAMILY_LIST = (
         name="captioning",
         model_type="vlp_captioning",
         summary="captioning model (an image encoder and a text decoder cross-attending to it, BLIP / CoCa style)",
-        classes={"base": VLPCaptioningModel, "pretraining": VLPForConditionalGeneration,
-                 "generation": VLPForConditionalGeneration},  # fmt: skip
+        classes=_classes(
+            base="VLPCaptioningModel", pretraining="VLPForConditionalGeneration", generation="VLPForConditionalGeneration"
+        ),
         default_preset="captioning-small",
         default_objectives=("lm",),
         objectives={
             "itc": Objective(captioning_itc_objective), "lm": Objective(lm_objective, prepare=prepare_lm_labels),
         },  # fmt: skip
         config_overrides=_captioning_overrides,
-        image_size=lambda config: config.vision_config.image_size,
-        max_text_length=lambda config: config.text_config.max_position_embeddings,
+        image_size=_tower_image_size,
+        max_text_length=_tower_text_length,
         evaluate=_evaluate_captioning,
         evaluation_tasks={"captioning": "generation"},
         describe=_describe_captioning,

@@ -89,6 +89,12 @@ def contrastive_loss(
     return softmax_contrastive_loss(image_embeds, text_embeds, logit_scale)
 
 
+def weighted_sum(losses: dict[str, torch.Tensor | None], weights: dict[str, float]) -> torch.Tensor | None:
+    """`sum(weights[name] * loss)` over the losses computed (not None), as FLAVA's; None when there is none."""
+    computed = [weights[name] * loss for name, loss in losses.items() if loss is not None]
+    return sum(computed) if computed else None
+
+
 def masked_mean_of(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` where `mask` (bool, same shape) is set; 0 with a gradient path where nothing is."""
     weights = mask.to(values.dtype)
@@ -166,47 +172,59 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "bce") -
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits)) * labels.shape[1]
 
 
-def lxmert_region_loss(
+def _weighted_mean(losses, weights, valid, normalizer):
+    return (losses * weights.to(losses)).mean() * normalizer
+
+
+def _masked_mean(losses, weights, valid, normalizer):
+    return masked_mean_of(losses, weights.bool() & valid)
+
+
+# kind: (feature regression per region, soft-class loss per region of the log-probabilities, reduction, in float32)
+REGION_LOSS_KINDS = {
+    # LXMERT: smooth L1 and soft cross-entropy, `(loss * weights).mean() * normalizer` over every region, in the
+    # scores' dtype. The weights are the masked regions or detector confidences.
+    "lxmert": (
+        lambda scores, target: F.smooth_l1_loss(scores, target.to(scores), reduction="none").mean(-1),
+        lambda log_probs, target: -(target.to(log_probs) * log_probs).sum(-1),
+        _weighted_mean,
+        False,
+    ),
+    # UNITER: MRFR (squared error) and MRC-kl (KL divergence), averaged over the masked regions (class ids -100
+    # left out), in float32.
+    "uniter": (
+        lambda scores, target: (scores - target.to(scores)).pow(2).mean(-1),
+        lambda log_probs, target: F.kl_div(log_probs, target.to(log_probs), reduction="none").sum(-1),
+        _masked_mean,
+        True,
+    ),
+}
+
+
+def region_loss(
     predictions: dict[str, torch.Tensor],
     targets: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    visual_loss_normalizer: float,
-) -> torch.Tensor:
-    """LXMERT's visual losses. `targets[name] = (labels, weights)` with weights `(B, N)` (the masked regions, or
-    detector confidences). Classes ("obj", "attr") are indices `(B, N)` (cross-entropy) or distributions
-    `(B, N, C)` (soft cross-entropy, UNITER's MRC-kl); "feat" is `(B, N, visual_feat_dim)` (smooth L1, averaged
-    over the feature). Each is `(loss * weights).mean() * visual_loss_normalizer`, and they are summed."""
-    total = None
+    kind: str = "lxmert",
+    visual_loss_normalizer: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Masked region modelling, one loss per target: `targets[name] = (labels, weights)` with weights `(B, N)`
+    (the masked regions, or detector confidences) scored against `predictions[name]`. "feat" is a feature regression
+    `(B, N, visual_feat_dim)`; any other name ("obj", "attr") a classification whose labels are class indices
+    `(B, N)` (cross-entropy, -100 ignored) or distributions `(B, N, C)` (the soft loss of `kind`). `kind` names the
+    paper's variant (`REGION_LOSS_KINDS`): "lxmert" (`visual_loss_normalizer` scales each) or "uniter"."""
+    if kind not in REGION_LOSS_KINDS:
+        raise ValueError(f"Unknown region loss kind {kind!r}; choose one of {sorted(REGION_LOSS_KINDS)}.")
+    regression, soft_classification, reduce, in_float = REGION_LOSS_KINDS[kind]
+    losses = {}
     for name, (labels, weights) in targets.items():
-        scores = predictions[name]
+        scores = predictions[name].float() if in_float else predictions[name]
+        valid = torch.ones_like(weights, dtype=torch.bool)
         if name == "feat":
-            loss = F.smooth_l1_loss(scores, labels.to(scores), reduction="none").mean(-1)
+            per_region = regression(scores, labels)
         elif labels.is_floating_point():
-            loss = -(labels.to(scores) * F.log_softmax(scores, dim=-1)).sum(-1)
+            per_region = soft_classification(F.log_softmax(scores, dim=-1), labels)
         else:
-            loss = F.cross_entropy(scores.flatten(0, -2), labels.reshape(-1), reduction="none").view(labels.shape)
-        loss = (loss * weights.to(loss)).mean() * visual_loss_normalizer
-        total = loss if total is None else total + loss
-    return total
-
-
-
-def uniter_region_losses(
-    predictions, class_logits, visual_feats, region_mask, region_labels=None, region_class_scores=None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """UNITER's MRFR (MSE to the original features) and MRC (KL to the detector's class distribution, or
-    cross-entropy to a class id, -100 ignored) over the masked regions `region_mask` (B, N)."""
-    errors = (predictions.float() - visual_feats.float()).pow(2).mean(dim=-1)
-    regression = masked_mean_of(errors, region_mask)
-    if class_logits is None or (region_labels is None and region_class_scores is None):
-        return regression, None
-    log_probs = F.log_softmax(class_logits.float(), dim=-1)
-    if region_class_scores is not None:
-        divergence = F.kl_div(log_probs, region_class_scores.float(), reduction="none").sum(dim=-1)
-        return regression, masked_mean_of(divergence, region_mask)
-    losses = F.nll_loss(log_probs.transpose(1, 2), region_labels, ignore_index=-100, reduction="none")
-    return regression, masked_mean_of(losses, region_mask & (region_labels != -100))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------------------
+            flat = F.cross_entropy(scores.flatten(0, -2), labels.reshape(-1), ignore_index=-100, reduction="none")
+            per_region, valid = flat.view(labels.shape), labels != -100
+        losses[name] = reduce(per_region, weights, valid, visual_loss_normalizer)
+    return losses

@@ -2,7 +2,6 @@
 captioner, CoCa), trained with next-token prediction and generating with transformers' `GenerationMixin` and a KV
 cache (self-attention keys/values grow each step, the image's cross-attention keys/values are computed once)."""
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -12,11 +11,16 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 
 from .configuration_captioning import VLPCaptioningConfig
-from .losses import contrastive_loss
+from .losses import contrastive_loss, weighted_sum
+from .modeling_base import (
+    VLPModelOutput,
+    VLPPreTrainedModel,
+    exp_logit_scale,
+    share_attn_implementation,
+)
 from .modeling_dual_encoder import VLPVisionModel
 from .modeling_layers import (
     VLPPredictionHeadTransform,
-    VLPPreTrainedModel,
     VLPTextEmbeddings,
     VLPTransformerLayer,
     check_input_ids,
@@ -64,7 +68,7 @@ class VLPCaptioningModelOutput(CacheModelOutput):
 
 
 @dataclass
-class VLPCaptioningOutput(CacheModelOutput):
+class VLPCaptioningOutput(VLPModelOutput, CacheModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
         `loss_weights`-weighted sum of `loss_lm` and `loss_itc` (those computed).
@@ -74,8 +78,11 @@ class VLPCaptioningOutput(CacheModelOutput):
         Contrastive loss of the local batch (`VLPTrainer` gathers the global one).
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
         Next-token scores at every position given (only the last `logits_to_keep` ones when it is set).
-    cache, image_hidden_states, image_embeds, text_embeds, logit_scale, hidden_states, attentions,
-    cross_attentions: as in `VLPCaptioningModelOutput`.
+    cache (`EncoderDecoderCache`, *optional*, returned when `use_cache=True`):
+        `captioning_output.cache`, also here because `generate` takes the cache from the output of the model it
+        runs (as from every transformers language model's).
+    captioning_output (`VLPCaptioningModelOutput`):
+        The base model's output: decoder states, image tokens, contrastive embeddings, hidden states, attentions.
     """
 
     loss: torch.Tensor | None = None
@@ -83,13 +90,19 @@ class VLPCaptioningOutput(CacheModelOutput):
     loss_itc: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: Cache | None = None
-    image_hidden_states: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    logit_scale: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor | None, ...] | None = None
+    captioning_output: VLPCaptioningModelOutput | None = None
+
+    # Read-only views of the base output, where `generate(output_hidden_states=True, output_attentions=True,
+    # return_dict_in_generate=True)` looks for them on a decoder's output (not fields: nothing is copied).
+    @property
+    def hidden_states(self) -> tuple[torch.Tensor, ...] | None:
+        """`captioning_output.hidden_states`."""
+        return self.captioning_output.hidden_states if self.captioning_output is not None else None
+
+    @property
+    def attentions(self) -> tuple[torch.Tensor, ...] | None:
+        """`captioning_output.attentions`."""
+        return self.captioning_output.attentions if self.captioning_output is not None else None
 
 
 class VLPCaptioningHead(nn.Module):
@@ -199,14 +212,11 @@ class VLPCaptioningModel(VLPPreTrainedModel):
     }
     input_modalities = ("image", "text")
     _no_split_modules = ["VLPTransformerLayer", "VLPPatchEmbeddings", "VLPTextEmbeddings"]
+    _text_embeddings = "decoder.embeddings"
 
     def __init__(self, config: VLPCaptioningConfig):
         super().__init__(config)
-        # The decoder layers read the text config, whose attention implementation `PreTrainedModel.__init__` leaves
-        # unresolved (it resolves the top-level config's only): it follows the model's unless set on its own.
-        for tower in (config.text_config, config.vision_config):
-            if tower._attn_implementation is None:
-                tower._attn_implementation_internal = config._attn_implementation
+        share_attn_implementation(config)
         self.vision_model = VLPVisionModel._from_config(config.vision_config)
         self.decoder = VLPCaptioningDecoder(config)
         self.visual_projection = self.text_projection = self.logit_scale = self.unimodal_layer_norm = None
@@ -228,12 +238,6 @@ class VLPCaptioningModel(VLPPreTrainedModel):
         if module is self and self.logit_scale is not None:
             init.constant_(self.logit_scale, float(self.config.logit_scale_init_value))
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.decoder.embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.decoder.embeddings.token_embedding = value
-
     def get_image_features(
         self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool = False, **kwargs
     ) -> torch.Tensor:
@@ -244,10 +248,7 @@ class VLPCaptioningModel(VLPPreTrainedModel):
 
     def get_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped to `config.logit_scale_max` when set."""
-        scale = self.logit_scale
-        if self.config.logit_scale_max is not None:
-            scale = scale.clamp(max=math.log(self.config.logit_scale_max))
-        return scale.exp()
+        return exp_logit_scale(self.logit_scale, self.config.logit_scale_max)
 
     def _pool_image(self, image_hidden_states: torch.Tensor) -> torch.Tensor:
         pooling = self.config.vision_config.pooling
@@ -339,7 +340,7 @@ class VLPCaptioningModel(VLPPreTrainedModel):
             )
             outputs.text_embeds = nn.functional.normalize(self.text_projection(text_pooled), dim=-1)
             outputs.logit_scale = self.get_logit_scale()
-        return outputs if (return_dict if return_dict is not None else self.config.return_dict) else outputs.to_tuple()
+        return self._output(outputs, return_dict)
 
 
 class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
@@ -353,24 +354,13 @@ class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
     # GenerationMixin grows `input_ids`; the image goes in once through `generate(pixel_values=...)`.
     main_input_name = "input_ids"
     _tied_weights_keys = {"lm_head.decoder.weight": "vlp.decoder.embeddings.token_embedding.weight"}
+    _output_embeddings = "lm_head.decoder"
 
     def __init__(self, config: VLPCaptioningConfig):
         super().__init__(config)
         self.vlp = VLPCaptioningModel(config)
         self.lm_head = VLPCaptioningHead(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vlp.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.vlp.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, value: nn.Module) -> None:
-        self.lm_head.decoder = value
 
     def lm_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -449,22 +439,15 @@ class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
             losses["itc"] = contrastive_loss(
                 outputs.image_embeds, outputs.text_embeds, outputs.logit_scale, None, "softmax"
             )
-        loss = sum(self.config.loss_weights[name] * value for name, value in losses.items()) if losses else None
         output = VLPCaptioningOutput(
-            loss=loss,
+            loss=weighted_sum(losses, self.config.loss_weights),
             loss_lm=losses.get("lm"),
             loss_itc=losses.get("itc"),
             logits=logits,
             cache=outputs.cache,
-            image_hidden_states=outputs.image_hidden_states,
-            image_embeds=outputs.image_embeds,
-            text_embeds=outputs.text_embeds,
-            logit_scale=outputs.logit_scale,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            cross_attentions=outputs.cross_attentions,
+            captioning_output=outputs,
         )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return self._output(output, return_dict)
 
     @torch.no_grad()
     def generate(

@@ -1,23 +1,20 @@
 """The dual-encoder family: an image tower and a text tower aligned contrastively (CLIP, SigLIP, ALIGN, LiT)."""
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
 
 from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig
 from .losses import contrastive_logits, contrastive_loss
+from .modeling_base import VLPContrastiveOutput, VLPPreTrainedModel, exp_logit_scale
 from .modeling_layers import (
     VLPAttentionPool,
     VLPEncoder,
     VLPPatchEmbeddings,
-    VLPPreTrainedModel,
     VLPTextEmbeddings,
     check_input_ids,
     check_pixel_values,
@@ -28,38 +25,19 @@ from .modeling_layers import (
 
 
 @dataclass
-class VLPDualEncoderOutput(ModelOutput):
+class VLPDualEncoderOutput(VLPContrastiveOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
-        Contrastive loss over the batch (softmax InfoNCE or pairwise sigmoid, by `config.loss_type`).
-    logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
-        Scaled cosine similarities (plus the learned bias for the sigmoid loss) of every image with every text.
-    logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
-        The transpose of `logits_per_image`.
-    text_embeds (`torch.FloatTensor` of shape `(text_batch_size, projection_dim)`):
-        L2-normalised projected text embeddings.
-    image_embeds (`torch.FloatTensor` of shape `(image_batch_size, projection_dim)`):
-        L2-normalised projected image embeddings.
-    logit_scale (`torch.FloatTensor` of shape `()`):
-        The temperature `exp(logit_scale)` used, so that objectives outside the model can reuse it.
+    The fields of `VLPContrastiveOutput` (`loss`: softmax InfoNCE or pairwise sigmoid, by `config.loss_type`;
+    `logits_per_image` include the learned bias of the sigmoid loss), and:
     logit_bias (`torch.FloatTensor` of shape `()`, *optional*):
         The learned bias of the sigmoid loss.
     text_model_output / vision_model_output (`BaseModelOutputWithPooling`):
         The towers' outputs; their `pooler_output` holds the projected, not yet normalised, embeddings.
     """
 
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    logit_scale: torch.Tensor | None = None
     logit_bias: torch.Tensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple[Any]:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
 class VLPVisionModel(VLPPreTrainedModel):
@@ -85,9 +63,6 @@ class VLPVisionModel(VLPPreTrainedModel):
         )
         self.head = VLPAttentionPool(config) if config.pooling == "attention" else None
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.patch_embedding
 
     def forward(
         self,
@@ -129,7 +104,7 @@ class VLPVisionModel(VLPPreTrainedModel):
             hidden_states=encoder_outputs.hidden_states,
             attentions=encoder_outputs.attentions,
         )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return self._output(output, return_dict)
 
 
 class VLPTextModel(VLPPreTrainedModel):
@@ -148,12 +123,6 @@ class VLPTextModel(VLPPreTrainedModel):
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_layernorm else nn.Identity()
         )
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.embeddings.token_embedding = value
 
     def forward(
         self,
@@ -191,7 +160,7 @@ class VLPTextModel(VLPPreTrainedModel):
             hidden_states=encoder_outputs.hidden_states,
             attentions=encoder_outputs.attentions,
         )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return self._output(output, return_dict)
 
 
 def _build_tower(config: PreTrainedConfig, own_class: type) -> nn.Module:
@@ -344,10 +313,7 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
 
     def get_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped to `config.logit_scale_max` when set."""
-        scale = self.logit_scale
-        if self.config.logit_scale_max is not None:
-            scale = scale.clamp(max=math.log(self.config.logit_scale_max))
-        return scale.exp()
+        return exp_logit_scale(self.logit_scale, self.config.logit_scale_max)
 
     def forward(
         self,
@@ -395,7 +361,7 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
             text_model_output=text_outputs,
             vision_model_output=vision_outputs,
         )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
+        return self._output(output, return_dict)
 
 
 def _load_tower(name_or_path: str, own_class: type) -> nn.Module:

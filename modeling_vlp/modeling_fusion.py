@@ -1,36 +1,36 @@
 """The fusion-encoder family: unimodal text and image encoders, then fusion layers over both streams (LXMERT,
 ViLBERT, ALBEF, METER).
 
-The model exposes its steps separately so that an objective encodes each modality once (`encode_text`,
-`encode_image`, and their ITC projections `project_text` / `project_image`) and fuses as many (text, image)
-pairings as it needs (`fuse`): ALBEF's hard-negative ITM and re-ranked retrieval (`evaluation.rerank.rerank_retrieval`)
-are built on that.
+The model exposes its steps so that an objective encodes each modality once (`encode_text`, `encode_image`, their
+ITC projections `project_text` / `project_image`) and fuses as many (text, image) pairings as it needs (`fuse`):
+ALBEF's hard-negative ITM and re-ranked retrieval (`evaluation.rerank.rerank_retrieval`) are built on that.
 """
 
-import math
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput
-from transformers.utils import ModelOutput
 
 from .configuration_fusion import VLPFusionConfig
 from .losses import (
     answer_loss,
     contrastive_logits,
     contrastive_loss,
-    lxmert_region_loss,
     masked_lm_loss,
     masked_patch_loss,
+    region_loss,
+    weighted_sum,
 )
+from .modeling_base import exp_logit_scale, share_attn_implementation
 from .modeling_fusion_layers import (
     VLPFusionEncoder,
     VLPFusionForPreTrainingOutput,
     VLPFusionFuseOutput,
     VLPFusionImageOutput,
     VLPFusionModelOutput,
+    VLPFusionPreTrainedModel,
     VLPFusionQuestionAnsweringOutput,
     VLPFusionRetrievalOutput,
     VLPRegionHead,
@@ -42,14 +42,10 @@ from .modeling_fusion_layers import (
     patch_attention_mask,
     region_targets,
 )
+from .modeling_heads import VLPAnswerHead, VLPMLMHead, VLPPooler, VLPRegionEmbeddings
 from .modeling_layers import (
-    VLPAnswerHead,
     VLPEncoder,
-    VLPMLMHead,
     VLPPatchEmbeddings,
-    VLPPooler,
-    VLPPreTrainedModel,
-    VLPRegionEmbeddings,
     VLPTextEmbeddings,
     check_input_ids,
     check_pixel_values,
@@ -57,49 +53,17 @@ from .modeling_layers import (
     self_attention_mask,
 )
 
-# --------------------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _return(model, output: ModelOutput, return_dict: bool | None):
-    return output if (return_dict if return_dict is not None else model.config.return_dict) else output.to_tuple()
-
-
-class VLPFusionPreTrainedModel(VLPPreTrainedModel):
-    config: VLPFusionConfig
-    config_class = VLPFusionConfig
-    input_modalities = ("image", "text")
-    _no_split_modules = [*VLPPreTrainedModel._no_split_modules, "VLPCoAttentionLayer", "VLPRegionEmbeddings"]
-    family_auto_map = {
-        "AutoModel": "VLPFusionModel",
-        "AutoModelForPreTraining": "VLPFusionForPreTraining",
-        "AutoModelForMaskedLM": "VLPFusionForPreTraining",
-        "AutoModelForVisualQuestionAnswering": "VLPFusionForQuestionAnswering",
-    }
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, VLPFusionModel):
-            if module.logit_scale is not None:
-                init.constant_(module.logit_scale, float(self.config.logit_scale_init_value))
-            if module.mask_token is not None:
-                init.normal_(module.mask_token, std=self.config.initializer_range)
-
 
 class VLPFusionModel(VLPFusionPreTrainedModel):
     """Text encoder + image encoder (ViT on patches, or LXMERT's region encoder) + fusion layers + pooler + ITC
     projections. See `VLPFusionConfig` for the architectures."""
 
+    _text_embeddings = "text_embeddings"
+
     def __init__(self, config: VLPFusionConfig):
         super().__init__(config)
         text, vision = config.text_config, config.vision_config
-        # The layers read the towers' configs, whose attention implementation `PreTrainedModel.__init__` leaves
-        # unresolved (it resolves the top-level config's only): they follow the model's unless set on their own.
-        for tower in (text, vision):
-            if tower._attn_implementation is None:
-                tower._attn_implementation_internal = config._attn_implementation
+        share_attn_implementation(config)
         self.text_embeddings = VLPTextEmbeddings(text)
         self.text_encoder = VLPEncoder(text)
         self.text_final_layernorm = (
@@ -132,12 +96,6 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
             self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.text_embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.text_embeddings.token_embedding = value
-
     # ----------------------------------------------------------------------------------------------------------
     # Unimodal encoders
     # ----------------------------------------------------------------------------------------------------------
@@ -151,12 +109,7 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
         output_attentions: bool = False,
     ) -> BaseModelOutput:
         r"""The unimodal text encoder: `last_hidden_state` `(batch_size, text_length, text_hidden_size)`."""
-        check_input_ids(input_ids, attention_mask)
-        if token_type_ids is not None and token_type_ids.shape != input_ids.shape:
-            raise ValueError(
-                f"`token_type_ids` has shape {tuple(token_type_ids.shape)} but `input_ids` has "
-                f"{tuple(input_ids.shape)}."
-            )
+        check_input_ids(input_ids, attention_mask, token_type_ids)
         hidden_states = self.text_embeddings(input_ids, token_type_ids=token_type_ids)
         mask = self_attention_mask(
             self.config.text_config, attention_mask, input_ids.shape[1], hidden_states.dtype, hidden_states.device,
@@ -295,10 +248,7 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
     def get_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped to `config.logit_scale_max` when set."""
         self._require_itc_head()
-        scale = self.logit_scale
-        if self.config.logit_scale_max is not None:
-            scale = scale.clamp(max=math.log(self.config.logit_scale_max))
-        return scale.exp()
+        return exp_logit_scale(self.logit_scale, self.config.logit_scale_max)
 
     # ----------------------------------------------------------------------------------------------------------
     # Fusion
@@ -338,15 +288,8 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
             output_attentions=output_attentions,
         )
         text_last = outputs.text_last_hidden_state
-        return VLPFusionFuseOutput(
-            text_last_hidden_state=text_last,
-            image_last_hidden_state=outputs.image_last_hidden_state,
-            pooler_output=self.pooler(text_last) if self.pooler is not None else text_last[:, 0],
-            hidden_states=outputs.hidden_states,
-            image_hidden_states=outputs.image_hidden_states,
-            attentions=outputs.attentions,
-            cross_attentions=outputs.cross_attentions,
-        )
+        pooled = self.pooler(text_last) if self.pooler is not None else text_last[:, 0]
+        return dataclasses.replace(outputs, pooler_output=pooled)  # in field order, as `to_tuple` reads it
 
     def forward(
         self,
@@ -427,20 +370,50 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
             image_attentions=image.attentions,
             cross_attentions=fused.cross_attentions,
         )
-        return _return(self, output, return_dict)
+        return self._output(output, return_dict)
 
 
-class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
+class VLPFusionWithITMHead(VLPFusionPreTrainedModel):
+    """`VLPFusionModel` with the ITM head on its fused [CLS] (`pooler_output`): what the pretraining and retrieval
+    heads share, so that a pretrained ITM head loads into the retrieval head."""
+
+    def __init__(self, config: VLPFusionConfig):
+        super().__init__(config)
+        self.vlp = VLPFusionModel(config)
+        self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
+
+    def itm_logits_for_pairs(
+        self,
+        text_states: torch.Tensor,
+        text_attention_mask: torch.Tensor | None,
+        image_states: torch.Tensor,
+        image_attention_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """ITM logits (B, 2) of text i with image i, from unimodal states (hard negatives, re-ranking)."""
+        fused = self.vlp.fuse(text_states, text_attention_mask, image_states, image_attention_mask)
+        return self.itm_head(fused.pooler_output)
+
+    def _matching_losses(self, outputs: VLPFusionModelOutput, itm_logits, itm_labels, return_loss) -> dict:
+        """ITC of the local batch (`return_loss`) and the ITM cross-entropy (`itm_labels`), by name."""
+        losses = {"itc": outputs.loss} if return_loss else {}
+        if itm_labels is not None:
+            batch_size = itm_logits.shape[0]
+            if tuple(itm_labels.shape) != (batch_size,):
+                raise ValueError(f"`itm_labels` must have shape ({batch_size},), got {tuple(itm_labels.shape)}.")
+            losses["itm"] = F.cross_entropy(itm_logits, itm_labels.to(itm_logits.device))
+        return losses
+
+
+class VLPFusionForPreTraining(VLPFusionWithITMHead):
     """`VLPFusionModel` with ITC (in the base model), ITM, MLM (tied), masked region / patch modelling and
     optionally LXMERT's pretraining answer head. Each loss is computed only when its labels are given."""
 
     _tied_weights_keys = {"mlm_head.decoder.weight": "vlp.text_embeddings.token_embedding.weight"}
+    _output_embeddings = "mlm_head.decoder"
 
     def __init__(self, config: VLPFusionConfig):
         super().__init__(config)
         text, vision = config.text_config, config.vision_config
-        self.vlp = VLPFusionModel(config)
-        self.itm_head = nn.Linear(text.hidden_size, 2)
         self.mlm_head = VLPMLMHead(text.hidden_size, text.vocab_size, text.hidden_act, text.layer_norm_eps)
         self.region_head = self.patch_head = None
         if config.visual_input == "regions":
@@ -453,29 +426,6 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
             else None
         )
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.vlp.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.vlp.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.mlm_head.decoder
-
-    def set_output_embeddings(self, value: nn.Module) -> None:
-        self.mlm_head.decoder = value
-
-    def itm_logits_for_pairs(
-        self,
-        text_states: torch.Tensor,
-        text_attention_mask: torch.Tensor | None,
-        image_states: torch.Tensor,
-        image_attention_mask: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """ITM logits (B, 2) of text i with image i, from unimodal states (hard negatives, re-ranking)."""
-        fused = self.vlp.fuse(text_states, text_attention_mask, image_states, image_attention_mask)
-        return self.itm_head(fused.pooler_output)
 
     def forward(
         self,
@@ -536,7 +486,6 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True,
         )  # fmt: skip
-        batch_size = input_ids.shape[0]
         mlm_logits = self.mlm_head(outputs.text_last_hidden_state)
         itm_logits = self.itm_head(outputs.pooler_output)
         answer_logits = self.answer_head(outputs.pooler_output) if self.answer_head is not None else None
@@ -548,13 +497,7 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
             prefix = self.vlp.image_embeddings.num_prefix_tokens
             mim_predictions = self.patch_head(outputs.image_last_hidden_state[:, prefix:])
 
-        losses = {}
-        if return_loss:
-            losses["itc"] = outputs.loss
-        if itm_labels is not None:
-            if tuple(itm_labels.shape) != (batch_size,):
-                raise ValueError(f"`itm_labels` must have shape ({batch_size},), got {tuple(itm_labels.shape)}.")
-            losses["itm"] = F.cross_entropy(itm_logits, itm_labels.to(itm_logits.device))
+        losses = self._matching_losses(outputs, itm_logits, itm_labels, return_loss)
         if mlm_labels is not None:
             if mlm_labels.shape != input_ids.shape:
                 raise ValueError(
@@ -573,7 +516,8 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
                 else {}
             )
             if targets:
-                losses["mim"] = lxmert_region_loss(region_predictions, targets, self.config.visual_loss_normalizer)
+                region_losses = region_loss(region_predictions, targets, "lxmert", self.config.visual_loss_normalizer)
+                losses["mim"] = sum(region_losses.values())
         elif mim_mask is not None:
             patch_size = self.config.vision_config.patch_size
             losses["mim"] = masked_patch_loss(mim_predictions, pixel_values, patch_size, mim_mask)
@@ -582,41 +526,18 @@ class VLPFusionForPreTraining(VLPFusionPreTrainedModel):
                 raise ValueError("`answer_labels` needs an answer head: set `config.pretraining_answer_head=True`.")
             losses["vqa"] = answer_loss(answer_logits, answer_labels)
 
-        loss = None
-        if losses:
-            loss = sum(self.config.loss_weights[name] * value for name, value in losses.items())
         output = VLPFusionForPreTrainingOutput(
-            loss=loss,
-            loss_itc=losses.get("itc"),
-            loss_itm=losses.get("itm"),
-            loss_mlm=losses.get("mlm"),
-            loss_mim=losses.get("mim"),
-            loss_vqa=losses.get("vqa"),
+            loss=weighted_sum(losses, self.config.loss_weights),
+            **{f"loss_{name}": value for name, value in losses.items()},
             mlm_logits=mlm_logits,
             itm_logits=itm_logits,
             mim_predictions=mim_predictions,
             obj_logits=region_predictions.get("obj"),
             attr_logits=region_predictions.get("attr"),
             answer_logits=answer_logits,
-            text_embeds=outputs.text_embeds,
-            image_embeds=outputs.image_embeds,
-            logit_scale=outputs.logit_scale,
-            logits_per_image=outputs.logits_per_image,
-            logits_per_text=outputs.logits_per_text,
-            text_last_hidden_state=outputs.text_last_hidden_state,
-            image_last_hidden_state=outputs.image_last_hidden_state,
-            pooler_output=outputs.pooler_output,
-            text_unimodal_state=outputs.text_unimodal_state,
-            image_unimodal_state=outputs.image_unimodal_state,
-            text_attention_mask=outputs.text_attention_mask,
-            image_attention_mask=outputs.image_attention_mask,
-            text_hidden_states=outputs.text_hidden_states,
-            image_hidden_states=outputs.image_hidden_states,
-            text_attentions=outputs.text_attentions,
-            image_attentions=outputs.image_attentions,
-            cross_attentions=outputs.cross_attentions,
+            fusion_output=outputs,
         )
-        return _return(self, output, return_dict)
+        return self._output(output, return_dict)
 
 
 class VLPFusionForQuestionAnswering(VLPFusionPreTrainedModel):
@@ -659,22 +580,15 @@ class VLPFusionForQuestionAnswering(VLPFusionPreTrainedModel):
             output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
         )  # fmt: skip
         logits = self.answer_head(outputs.pooler_output)
-        output = VLPFusionQuestionAnsweringOutput(
-            loss=answer_loss(logits, labels) if labels is not None else None,
-            logits=logits,
-            pooler_output=outputs.pooler_output,
-            text_hidden_states=outputs.text_hidden_states,
-            image_hidden_states=outputs.image_hidden_states,
-            text_attentions=outputs.text_attentions,
-            image_attentions=outputs.image_attentions,
-            cross_attentions=outputs.cross_attentions,
-        )
-        return _return(self, output, return_dict)
+        loss = answer_loss(logits, labels) if labels is not None else None
+        output = VLPFusionQuestionAnsweringOutput(loss=loss, logits=logits, fusion_output=outputs)
+        return self._output(output, return_dict)
 
 
 __all__ = [
     "VLPFusionPreTrainedModel",
     "VLPFusionModel",
+    "VLPFusionWithITMHead",
     "VLPFusionForPreTraining",
     "VLPFusionForQuestionAnswering",
     "VLPFusionImageOutput",

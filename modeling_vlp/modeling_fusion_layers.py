@@ -1,19 +1,46 @@
-"""The fusion family's outputs and blocks: the co-attention layer, the fusion encoder, LXMERT's region heads, and
-the input checks of `VLPFusionModel` (`modeling_fusion`)."""
+"""The fusion family's base class, outputs and blocks: the co-attention layer, the fusion encoder, LXMERT's region
+heads, and the input checks of `VLPFusionModel` (`modeling_fusion`)."""
 
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_fusion import VLPFusionConfig
+from .modeling_base import (
+    VLPClassifierOutput,
+    VLPContrastiveOutput,
+    VLPModelOutput,
+    VLPPreTrainedModel,
+    VLPRetrievalOutput,
+    encoder_auto_map,
+)
 from .modeling_layers import (
     VLPAttention,
     VLPPredictionHeadTransform,
     VLPTransformerLayer,
 )
+
+
+class VLPFusionPreTrainedModel(VLPPreTrainedModel):
+    config: VLPFusionConfig
+    config_class = VLPFusionConfig
+    input_modalities = ("image", "text")
+    _no_split_modules = [*VLPPreTrainedModel._no_split_modules, "VLPCoAttentionLayer", "VLPRegionEmbeddings"]
+    family_auto_map = encoder_auto_map("VLPFusionModel", "VLPFusionForPreTraining", "VLPFusionForQuestionAnswering")
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self.base_model:  # the VLPFusionModel, on its own or in a head
+            if module.logit_scale is not None:
+                init.constant_(module.logit_scale, float(self.config.logit_scale_init_value))
+            if module.mask_token is not None:
+                init.normal_(module.mask_token, std=self.config.initializer_range)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -69,18 +96,9 @@ class VLPFusionFuseOutput(ModelOutput):
 
 
 @dataclass
-class VLPFusionModelOutput(ModelOutput):
+class VLPFusionModelOutput(VLPContrastiveOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
-        ITC loss of the local batch (pair i is text i with image i).
-    logits_per_image (`torch.FloatTensor` of shape `(batch_size, batch_size)`, *optional*):
-        Scaled cosine similarities of every image with every text of the batch (None without an ITC head).
-    logits_per_text (`torch.FloatTensor` of shape `(batch_size, batch_size)`, *optional*):
-        The transpose of `logits_per_image`.
-    text_embeds, image_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
-        L2-normalised ITC embeddings of the unimodal states.
-    logit_scale (`torch.FloatTensor` of shape `()`, *optional*):
-        The temperature `exp(logit_scale)` (clamped), for objectives outside the model.
+    The fields of `VLPContrastiveOutput` (ITC of the unimodal states; None without an ITC head), and:
     text_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, text_length, text_hidden_size)`):
         The fused text stream (LXMERT's `language_output`).
     image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_hidden_size)`):
@@ -104,12 +122,6 @@ class VLPFusionModelOutput(ModelOutput):
         Text-to-image attention weights of each fusion layer.
     """
 
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    logit_scale: torch.Tensor | None = None
     text_last_hidden_state: torch.Tensor | None = None
     image_last_hidden_state: torch.Tensor | None = None
     pooler_output: torch.Tensor | None = None
@@ -125,7 +137,7 @@ class VLPFusionModelOutput(ModelOutput):
 
 
 @dataclass
-class VLPFusionForPreTrainingOutput(ModelOutput):
+class VLPFusionForPreTrainingOutput(VLPModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
         `sum(config.loss_weights[name] * loss_<name>)` over the losses computed (those whose labels were given).
@@ -153,7 +165,9 @@ class VLPFusionForPreTrainingOutput(ModelOutput):
         LXMERT's region classification heads.
     answer_logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
         The answer head (`config.pretraining_answer_head`; LXMERT's `question_answering_score`).
-    The other fields are those of `VLPFusionModelOutput`.
+    fusion_output (`VLPFusionModelOutput`):
+        The base model's output the heads read: ITC embeddings and logits, fused and unimodal states, masks, hidden
+        states and attentions.
     """
 
     loss: torch.Tensor | None = None
@@ -168,64 +182,28 @@ class VLPFusionForPreTrainingOutput(ModelOutput):
     obj_logits: torch.Tensor | None = None
     attr_logits: torch.Tensor | None = None
     answer_logits: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    logit_scale: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_last_hidden_state: torch.Tensor | None = None
-    image_last_hidden_state: torch.Tensor | None = None
-    pooler_output: torch.Tensor | None = None
-    text_unimodal_state: torch.Tensor | None = None
-    image_unimodal_state: torch.Tensor | None = None
-    text_attention_mask: torch.Tensor | None = None
-    image_attention_mask: torch.Tensor | None = None
-    text_hidden_states: tuple[torch.Tensor, ...] | None = None
-    image_hidden_states: tuple[torch.Tensor, ...] | None = None
-    text_attentions: tuple[torch.Tensor, ...] | None = None
-    image_attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    fusion_output: VLPFusionModelOutput | None = None
 
 
 @dataclass
-class VLPFusionQuestionAnsweringOutput(ModelOutput):
+class VLPFusionQuestionAnsweringOutput(VLPClassifierOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned with `labels`): see `answer_loss`.
-    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`): answer scores.
-    pooler_output (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`): what the answer head read.
-    text_hidden_states, image_hidden_states, text_attentions, image_attentions, cross_attentions: as
-    `VLPFusionModelOutput`.
+    `loss` (with `labels`, see `answer_loss`) and `logits` `(batch_size, num_labels)` (answer scores), then:
+    fusion_output (`VLPFusionModelOutput`): the base model's output (`pooler_output` is what the answer head read).
     """
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    pooler_output: torch.Tensor | None = None
-    text_hidden_states: tuple[torch.Tensor, ...] | None = None
-    image_hidden_states: tuple[torch.Tensor, ...] | None = None
-    text_attentions: tuple[torch.Tensor, ...] | None = None
-    image_attentions: tuple[torch.Tensor, ...] | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    fusion_output: VLPFusionModelOutput | None = None
 
 
 @dataclass
-class VLPFusionRetrievalOutput(ModelOutput):
+class VLPFusionRetrievalOutput(VLPRetrievalOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*):
-        ITC loss (`return_loss=True`) plus ITM cross-entropy (`itm_labels`), each weighted by `config.loss_weights`.
-    logits (`torch.FloatTensor` of shape `(batch_size,)`):
-        ITM log-odds `itm_logits[:, 1] - itm_logits[:, 0]` that text i matches image i.
-    itm_logits (`torch.FloatTensor` of shape `(batch_size, 2)`): the ITM head, [no match, match].
-    logits_per_image, logits_per_text, text_embeds, image_embeds, logit_scale: ITC, as `VLPFusionModelOutput`.
+    The fields of `VLPRetrievalOutput` (`loss`: ITC (`return_loss=True`) plus ITM cross-entropy (`itm_labels`),
+    each weighted by `config.loss_weights`), then:
+    fusion_output (`VLPFusionModelOutput`): the base model's output (ITC: `logits_per_image`, `text_embeds`, ...).
     """
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    itm_logits: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    logit_scale: torch.Tensor | None = None
+    fusion_output: VLPFusionModelOutput | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------

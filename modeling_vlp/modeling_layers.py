@@ -1,4 +1,5 @@
-"""Blocks shared by the three families: embeddings, attention, MLP, the transformer layer and the poolers.
+"""Blocks shared by every family: embeddings, attention, MLP, the transformer layer, the attention pool, the input
+checks and attention masks (the base class: `modeling_base`; heads and region inputs: `modeling_heads`).
 
 Every block is configured by arguments (pre- or post-norm, activation, biases, causal or not, cross-attention),
 not by the architecture it came from, so that CLIP, SigLIP, BERT-style and fusion layers are the same code.
@@ -10,8 +11,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
-from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -282,15 +281,16 @@ def check_pixel_values(pixel_values: torch.Tensor | None, num_channels: int) -> 
         )
 
 
-def check_input_ids(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None) -> None:
+def check_input_ids(
+    input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, token_type_ids: torch.Tensor | None = None
+) -> None:
     if input_ids is None:
         raise ValueError("`input_ids` is required: pass texts through the tokenizer or processor first.")
     if input_ids.ndim != 2:
         raise ValueError(f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"`attention_mask` has shape {tuple(attention_mask.shape)} but `input_ids` has {tuple(input_ids.shape)}."
-        )
+    for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if value is not None and value.shape != input_ids.shape:
+            raise ValueError(f"`{name}` has shape {tuple(value.shape)} but `input_ids` has {tuple(input_ids.shape)}.")
 
 
 def additive_padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype, is_causal: bool = False) -> torch.Tensor:
@@ -466,18 +466,6 @@ class VLPAttentionPool(nn.Module):
         return pooled[:, 0]
 
 
-class VLPPooler(nn.Module):
-    """BERT's pooler: dense + tanh over the first token."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.activation = nn.Tanh()
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(hidden_states[:, 0]))
-
-
 class VLPPredictionHeadTransform(nn.Module):
     """BERT's prediction-head transform: dense + activation + LayerNorm."""
 
@@ -489,19 +477,6 @@ class VLPPredictionHeadTransform(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.layer_norm(self.activation(self.dense(hidden_states)))
-
-
-class VLPMLMHead(nn.Module):
-    """BERT's masked-LM head: transform + vocabulary decoder. Models tie `decoder.weight` to their word embeddings
-    (`_tied_weights_keys`); the decoder's bias is its own."""
-
-    def __init__(self, hidden_size: int, vocab_size: int, hidden_act: str, layer_norm_eps: float):
-        super().__init__()
-        self.transform = VLPPredictionHeadTransform(hidden_size, hidden_act, layer_norm_eps)
-        self.decoder = nn.Linear(hidden_size, vocab_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.transform(hidden_states))
 
 
 def masked_mean(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -536,143 +511,3 @@ def pool_text(
         last_real = torch.full_like(batch, input_ids.shape[1] - 1)
     index = torch.where(is_eos.any(dim=-1), is_eos.int().argmax(dim=-1), last_real)
     return hidden_states[batch, index]
-
-
-class VLPPreTrainedModel(PreTrainedModel):
-    """Weight initialisation and capabilities shared by every modeling_vlp model."""
-
-    base_model_prefix = "vlp"
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _no_split_modules = ["VLPTransformerLayer", "VLPPatchEmbeddings", "VLPTextEmbeddings"]
-    # Auto class name -> class name in the model's module, written into the `auto_map` of every checkpoint a
-    # registered class of the family saves: `register_for_auto_class` names one Auto class per model class, but with
-    # `trust_remote_code` (no package installed) any head should load from any checkpoint of its family.
-    family_auto_map: dict[str, str] = {}
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        if self.family_auto_map and getattr(type(self), "_auto_class", None) is not None:
-            module = type(self).__module__.split(".")[-1]
-            auto_map = dict(getattr(self.config, "auto_map", None) or {})
-            auto_map.update({auto: f"{module}.{name}" for auto, name in self.family_auto_map.items()})
-            self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        std = getattr(self.config, "initializer_range", 0.02)
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.normal_(module.weight, std=getattr(module, "init_std", None) or std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, VLPPatchEmbeddings):
-            if module.class_embedding is not None:
-                init.normal_(module.class_embedding, std=module.embed_dim**-0.5)
-            init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
-        elif isinstance(module, VLPTextEmbeddings):
-            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-        elif isinstance(module, VLPAttentionPool):
-            init.normal_(module.probe, std=std)
-
-
-def uniter_box_features(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) normalised `(x1, y1, x2, y2)` -> UNITER's (..., 7) `[x1, y1, x2, y2, w, h, w * h]`; (..., 7) are
-    returned unchanged."""
-    if boxes.shape[-1] == 7:
-        return boxes
-    width = boxes[..., 2] - boxes[..., 0]
-    height = boxes[..., 3] - boxes[..., 1]
-    return torch.cat([boxes, width[..., None], height[..., None], (width * height)[..., None]], dim=-1)
-
-
-class VLPRegionEmbeddings(nn.Module):
-    """Detector regions -> tokens: Linear(features) (+ LayerNorm) and Linear(box features) (+ LayerNorm), summed
-    (VisualBERT, UNITER) or averaged (`average=True`, LXMERT), then dropout. `box_dim=0`: no box input;
-    `uniter_boxes` expands `(x1, y1, x2, y2)` to UNITER's 7 box features. Masked regions (`mim_mask`) have their
-    features zeroed and keep their boxes (LXMERT, UNITER). `projection_names` are the two Linears' attribute names,
-    those of the checkpoints each family converts (the unified family's `feat_projection` / `box_projection`,
-    LXMERT's `feat_proj` / `box_proj`), so that state-dict keys stay those of the published weights."""
-
-    def __init__(
-        self,
-        visual_feat_dim: int,
-        box_dim: int,
-        hidden_size: int,
-        layer_norm_eps: float,
-        feat_layernorm: bool = True,
-        box_layernorm: bool = True,
-        average: bool = False,
-        uniter_boxes: bool = False,
-        dropout: float = 0.0,
-        projection_names: tuple[str, str] = ("feat_projection", "box_projection"),
-    ):
-        super().__init__()
-        self.feat_name, self.box_name = projection_names
-        self.average, self.uniter_boxes = average, uniter_boxes
-        setattr(self, self.feat_name, nn.Linear(visual_feat_dim, hidden_size))
-        self.feat_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if feat_layernorm else None
-        setattr(self, self.box_name, nn.Linear(box_dim, hidden_size) if box_dim else None)
-        self.box_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if box_layernorm and box_dim else None
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(
-        self, visual_feats: torch.Tensor, visual_pos: torch.Tensor | None = None, mim_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        feat_projection, box_projection = getattr(self, self.feat_name), getattr(self, self.box_name)
-        feats = visual_feats.to(feat_projection.weight.dtype)
-        if mim_mask is not None:
-            feats = feats.masked_fill(mim_mask.bool().unsqueeze(-1), 0.0)
-        embeddings = feat_projection(feats)
-        if self.feat_layer_norm is not None:
-            embeddings = self.feat_layer_norm(embeddings)
-        if box_projection is not None:
-            boxes = uniter_box_features(visual_pos) if self.uniter_boxes else visual_pos
-            box_embeddings = box_projection(boxes.to(feats.dtype))
-            if self.box_layer_norm is not None:
-                box_embeddings = self.box_layer_norm(box_embeddings)
-            embeddings = embeddings + box_embeddings
-        return self.dropout(embeddings / 2 if self.average else embeddings)
-
-
-class VLPAnswerHead(nn.Module):
-    """An answer classifier: LXMERT's / ViLT's MLP on the pooled output (Linear(D, 2D), activation and LayerNorm
-    in `norm_first` order, Linear(2D, num_labels)), or VisualBERT's dropout + Linear (`mlp=False`)."""
-
-    def __init__(
-        self,
-        hidden_size: int,
-        num_labels: int,
-        layer_norm_eps: float = 1e-5,
-        mlp: bool = True,
-        norm_first: bool = False,
-        dropout: float = 0.0,
-        names: tuple[str, str] = ("dense", "classifier"),
-    ):
-        super().__init__()
-        self.dense_name, self.decoder_name = names
-        self.norm_first = norm_first
-        width = 2 * hidden_size if mlp else hidden_size
-        setattr(self, self.dense_name, nn.Linear(hidden_size, width) if mlp else None)
-        if mlp:
-            self.layer_norm = nn.LayerNorm(width, eps=layer_norm_eps)
-            self.activation = ACT2FN["gelu"]
-        else:
-            self.dropout = nn.Dropout(dropout)
-        setattr(self, self.decoder_name, nn.Linear(width, num_labels))
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        dense, decoder = getattr(self, self.dense_name), getattr(self, self.decoder_name)
-        if dense is None:
-            return decoder(self.dropout(pooled))
-        hidden = dense(pooled)
-        if self.norm_first:
-            return decoder(self.activation(self.layer_norm(hidden)))
-        return decoder(self.layer_norm(self.activation(hidden)))

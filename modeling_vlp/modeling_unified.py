@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .configuration_unified import VLPUnifiedConfig
 from .losses import (
@@ -19,14 +18,13 @@ from .losses import (
     itm_log_odds,
     masked_lm_loss,
     masked_patch_loss,
-    uniter_region_losses,
+    region_loss,
+    weighted_sum,
 )
+from .modeling_base import VLPClassifierOutput, VLPPreTrainedModel, encoder_auto_map
+from .modeling_heads import VLPAnswerHead, VLPMLMHead, VLPPooler
 from .modeling_layers import (
-    VLPAnswerHead,
     VLPEncoder,
-    VLPMLMHead,
-    VLPPooler,
-    VLPPreTrainedModel,
     self_attention_mask,
 )
 from .modeling_unified_layers import (
@@ -37,6 +35,7 @@ from .modeling_unified_layers import (
     VLPUnifiedImageTextRetrievalOutput,
     VLPUnifiedModelOutput,
     VLPUnifiedPatchEmbeddings,
+    VLPUnifiedQuestionAnsweringOutput,
     check_labels,
     check_mim_mask,
     check_text_inputs,
@@ -52,12 +51,7 @@ class VLPUnifiedPreTrainedModel(VLPPreTrainedModel):
     _no_split_modules = ["VLPTransformerLayer", "VLPUnifiedEmbeddings"]
     # Written into a saved checkpoint's `auto_map` whichever class saves it, so that with `trust_remote_code` every
     # head loads from any checkpoint of the family (see `VLPPreTrainedModel.save_pretrained`).
-    family_auto_map = {
-        "AutoModel": "VLPUnifiedModel",
-        "AutoModelForPreTraining": "VLPUnifiedForPreTraining",
-        "AutoModelForMaskedLM": "VLPUnifiedForPreTraining",
-        "AutoModelForVisualQuestionAnswering": "VLPUnifiedForQuestionAnswering",
-    }
+    family_auto_map = encoder_auto_map("VLPUnifiedModel", "VLPUnifiedForPreTraining", "VLPUnifiedForQuestionAnswering")
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -69,6 +63,8 @@ class VLPUnifiedPreTrainedModel(VLPPreTrainedModel):
 class VLPUnifiedModel(VLPUnifiedPreTrainedModel):
     """Embeddings of `[text; visual]` -> one transformer (-> final LayerNorm when pre-norm) -> pooler."""
 
+    _text_embeddings = "embeddings.text_embeddings"
+
     def __init__(self, config: VLPUnifiedConfig):
         super().__init__(config)
         self.embeddings = VLPUnifiedEmbeddings(config)
@@ -79,12 +75,6 @@ class VLPUnifiedModel(VLPUnifiedPreTrainedModel):
         )
         self.pooler = VLPPooler(config.hidden_size)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.embeddings.text_embeddings.token_embedding
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.embeddings.text_embeddings.token_embedding = value
 
     def forward(
         self,
@@ -168,7 +158,7 @@ class VLPUnifiedModel(VLPUnifiedPreTrainedModel):
             hidden_states=encoder_outputs.hidden_states,
             attentions=encoder_outputs.attentions,
         )
-        return output if (return_dict if return_dict is not None else config.return_dict) else output.to_tuple()
+        return self._output(output, return_dict)
 
 
 def _text_batch(input_ids, inputs_embeds) -> tuple[int, int]:
@@ -182,6 +172,7 @@ class VLPUnifiedForPreTraining(VLPUnifiedPreTrainedModel):
     """The unified model with the ITM, MLM and MIM heads; each loss is computed when its labels or mask are given."""
 
     _tied_weights_keys = {"mlm_head.decoder.weight": "vlp.embeddings.text_embeddings.token_embedding.weight"}
+    _output_embeddings = "mlm_head.decoder"
 
     def __init__(self, config: VLPUnifiedConfig):
         super().__init__(config)
@@ -190,12 +181,6 @@ class VLPUnifiedForPreTraining(VLPUnifiedPreTrainedModel):
         self.mlm_head = VLPMLMHead(config.hidden_size, config.vocab_size, config.hidden_act, config.layer_norm_eps)
         self.mim_head = VLPPatchMIMHead(config) if config.visual_input == "patches" else VLPRegionMIMHead(config)
         self.post_init()
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.mlm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.mlm_head.decoder = new_embeddings
 
     def forward(
         self,
@@ -268,17 +253,19 @@ class VLPUnifiedForPreTraining(VLPUnifiedPreTrainedModel):
                 )  # fmt: skip
             else:
                 region_mask = mim_mask & outputs.visual_attention_mask.bool()
-                loss_regression, loss_classification = uniter_region_losses(
-                    mim_predictions, mim_class_logits, visual_feats, region_mask, region_labels, region_class_scores
-                )
+                targets = {"feat": (visual_feats, region_mask)}
+                class_targets = region_class_scores if region_class_scores is not None else region_labels
+                if mim_class_logits is not None and class_targets is not None:
+                    targets["obj"] = (class_targets, region_mask)
+                predictions = {"feat": mim_predictions, "obj": mim_class_logits}
+                region_losses = region_loss(predictions, targets, "uniter")
+                loss_regression, loss_classification = region_losses["feat"], region_losses.get("obj")
                 loss_mim = loss_regression if loss_classification is None else loss_regression + loss_classification
 
-        weighted = [
-            (config.itm_loss_weight, loss_itm), (config.mlm_loss_weight, loss_mlm), (config.mim_loss_weight, loss_mim)
-        ]  # fmt: skip
-        computed = [weight * loss for weight, loss in weighted if loss is not None]
+        losses = {"itm": loss_itm, "mlm": loss_mlm, "mim": loss_mim}
+        weights = {"itm": config.itm_loss_weight, "mlm": config.mlm_loss_weight, "mim": config.mim_loss_weight}
         output = VLPUnifiedForPreTrainingOutput(
-            loss=sum(computed) if computed else None,
+            loss=weighted_sum(losses, weights),
             loss_itm=loss_itm,
             loss_mlm=loss_mlm,
             loss_mim=loss_mim,
@@ -288,10 +275,9 @@ class VLPUnifiedForPreTraining(VLPUnifiedPreTrainedModel):
             itm_logits=itm_logits,
             mim_predictions=mim_predictions,
             mim_class_logits=mim_class_logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            unified_output=outputs,
         )
-        return output if (return_dict if return_dict is not None else config.return_dict) else output.to_tuple()
+        return self._output(output, return_dict)
 
     def _check_region_targets(self, mim_mask, visual_feats, region_labels, region_class_scores) -> None:
         if region_labels is None and region_class_scores is None:
@@ -315,8 +301,47 @@ class VLPUnifiedForPreTraining(VLPUnifiedPreTrainedModel):
         )  # fmt: skip
 
 
-class VLPUnifiedForQuestionAnswering(VLPUnifiedPreTrainedModel):
-    """VQA as classification over `config.num_labels` answers (`id2label`), trained on soft scores."""
+class VLPUnifiedWithHead(VLPUnifiedPreTrainedModel):
+    """A unified model with one head on its output, trained from `labels`: what the VQA and retrieval heads share
+    (`_check_labels` before the base model runs, `_head` after it)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        visual_feats: torch.Tensor | None = None,
+        visual_pos: torch.Tensor | None = None,
+        visual_attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VLPClassifierOutput:
+        r"""Inputs as `VLPUnifiedModel`, and `labels` as the class says."""
+        batch_size, _ = _text_batch(input_ids, inputs_embeds)
+        self._check_labels(labels, batch_size)
+        outputs = self.vlp(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            pixel_values=pixel_values, pixel_mask=pixel_mask, visual_feats=visual_feats, visual_pos=visual_pos,
+            visual_attention_mask=visual_attention_mask, inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
+        )  # fmt: skip
+        return self._output(self._head(outputs, labels, attention_mask), return_dict)
+
+
+class VLPUnifiedForQuestionAnswering(VLPUnifiedWithHead):
+    """VQA as classification over `config.num_labels` answers (`id2label`), trained on soft scores.
+
+    labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
+        Soft answer scores (VQA: min(#annotators giving the answer / 3, 1)). The loss is ViLT's BCE with logits
+        times `num_labels` (`vqa_loss="bce"`) or VisualBERT's KL divergence of the softmax to the scores ("kl").
+    Returns `logits` `(batch_size, num_labels)` (raw scores, also with the KL loss).
+    """
 
     def __init__(self, config: VLPUnifiedConfig):
         super().__init__(config)
@@ -329,44 +354,15 @@ class VLPUnifiedForQuestionAnswering(VLPUnifiedPreTrainedModel):
         )  # fmt: skip
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        pixel_mask: torch.Tensor | None = None,
-        visual_feats: torch.Tensor | None = None,
-        visual_pos: torch.Tensor | None = None,
-        visual_attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> SequenceClassifierOutput:
-        r"""
-        Inputs as `VLPUnifiedModel`, and:
-        labels (`torch.FloatTensor` of shape `(batch_size, num_labels)`, *optional*):
-            Soft answer scores (VQA: min(#annotators giving the answer / 3, 1)). The loss is ViLT's BCE with logits
-            times `num_labels` (`vqa_loss="bce"`) or VisualBERT's KL divergence of the softmax to the scores ("kl").
-        Returns `logits` `(batch_size, num_labels)` (raw scores, also with the KL loss).
-        """
-        config = self.config
-        batch_size, _ = _text_batch(input_ids, inputs_embeds)
-        check_labels("labels", labels, (batch_size, config.num_labels), "(batch_size, num_labels)")
-        outputs = self.vlp(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            pixel_values=pixel_values, pixel_mask=pixel_mask, visual_feats=visual_feats, visual_pos=visual_pos,
-            visual_attention_mask=visual_attention_mask, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )  # fmt: skip
-        if config.vqa_head == "pooled_mlp":
+    def _check_labels(self, labels, batch_size: int) -> None:
+        check_labels("labels", labels, (batch_size, self.config.num_labels), "(batch_size, num_labels)")
+
+    def _head(self, outputs: VLPUnifiedModelOutput, labels, attention_mask) -> VLPUnifiedQuestionAnsweringOutput:
+        if self.config.vqa_head == "pooled_mlp":
             features = outputs.pooler_output
         else:
             # VisualBERT reads the last text token before [SEP] of each (right-padded) caption.
-            text_length = outputs.text_length
+            batch_size, text_length = outputs.last_hidden_state.shape[0], outputs.text_length
             lengths = (
                 torch.full((batch_size,), text_length, device=outputs.last_hidden_state.device)
                 if attention_mask is None
@@ -375,16 +371,16 @@ class VLPUnifiedForQuestionAnswering(VLPUnifiedPreTrainedModel):
             index = (lengths - 2).clamp(min=0).long()
             features = outputs.last_hidden_state[torch.arange(batch_size, device=index.device), index]
         logits = self.classifier(features)
-
-        loss = answer_loss(logits, labels, config.vqa_loss) if labels is not None else None
-        output = SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
-        return output if (return_dict if return_dict is not None else config.return_dict) else output.to_tuple()
+        loss = answer_loss(logits, labels, self.config.vqa_loss) if labels is not None else None
+        return VLPUnifiedQuestionAnsweringOutput(loss=loss, logits=logits, unified_output=outputs)
 
 
-class VLPUnifiedForImageTextRetrieval(VLPUnifiedPreTrainedModel):
-    """Scores image-text pairs with the ITM head (the same `itm_head` as pretraining, so a pretrained model loads)."""
+class VLPUnifiedForImageTextRetrieval(VLPUnifiedWithHead):
+    """Scores image-text pairs with the ITM head (the same `itm_head` as pretraining, so a pretrained model loads).
+
+    `labels` (`torch.LongTensor` of shape `(batch_size,)`, *optional*): 1 where the caption matches the image.
+    Returns `logits` `(batch_size,)`, the log-odds of a match.
+    """
 
     # A pretraining checkpoint loads here with its ITM head; its other heads are not part of this model.
     _keys_to_ignore_on_load_unexpected = [r"^(mlm|mim|patch|region|answer)_head\."]
@@ -395,45 +391,15 @@ class VLPUnifiedForImageTextRetrieval(VLPUnifiedPreTrainedModel):
         self.itm_head = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        token_type_ids: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        pixel_mask: torch.Tensor | None = None,
-        visual_feats: torch.Tensor | None = None,
-        visual_pos: torch.Tensor | None = None,
-        visual_attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> VLPUnifiedImageTextRetrievalOutput:
-        r"""
-        Inputs as `VLPUnifiedModel`, and `labels` (`torch.LongTensor` of shape `(batch_size,)`, *optional*): 1 where
-        the caption matches the image. Returns `logits` `(batch_size,)`, the log-odds of a match.
-        """
-        batch_size, _ = _text_batch(input_ids, inputs_embeds)
+    def _check_labels(self, labels, batch_size: int) -> None:
         check_labels("labels", labels, (batch_size,), "(batch_size,)")
-        outputs = self.vlp(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            pixel_values=pixel_values, pixel_mask=pixel_mask, visual_feats=visual_feats, visual_pos=visual_pos,
-            visual_attention_mask=visual_attention_mask, inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True,
-        )  # fmt: skip
+
+    def _head(self, outputs: VLPUnifiedModelOutput, labels, attention_mask) -> VLPUnifiedImageTextRetrievalOutput:
         itm_logits = self.itm_head(outputs.pooler_output)
         loss = None if labels is None else F.cross_entropy(itm_logits.float(), labels.long())
-        output = VLPUnifiedImageTextRetrievalOutput(
-            loss=loss,
-            logits=itm_log_odds(itm_logits),
-            itm_logits=itm_logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+        return VLPUnifiedImageTextRetrievalOutput(
+            loss=loss, logits=itm_log_odds(itm_logits), itm_logits=itm_logits, unified_output=outputs
         )
-        return output if (return_dict if return_dict is not None else self.config.return_dict) else output.to_tuple()
 
 
 __all__ = [
@@ -442,7 +408,9 @@ __all__ = [
     "VLPUnifiedPreTrainedModel",
     "VLPUnifiedForPreTraining",
     "VLPUnifiedForPreTrainingOutput",
+    "VLPUnifiedWithHead",
     "VLPUnifiedForQuestionAnswering",
+    "VLPUnifiedQuestionAnsweringOutput",
     "VLPUnifiedForImageTextRetrieval",
     "VLPUnifiedImageTextRetrievalOutput",
 ]

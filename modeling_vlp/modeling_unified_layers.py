@@ -9,10 +9,11 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .configuration_unified import VLPUnifiedConfig
+from .modeling_base import VLPClassifierOutput, VLPModelOutput, VLPRetrievalOutput
+from .modeling_heads import VLPRegionEmbeddings
 from .modeling_layers import (
     VLPPatchEmbeddings,
     VLPPredictionHeadTransform,
-    VLPRegionEmbeddings,
     VLPTextEmbeddings,
 )
 
@@ -52,7 +53,7 @@ class VLPUnifiedModelOutput(ModelOutput):
 
 
 @dataclass
-class VLPUnifiedForPreTrainingOutput(ModelOutput):
+class VLPUnifiedForPreTrainingOutput(VLPModelOutput):
     r"""
     loss (`torch.FloatTensor` of shape `()`, *optional*):
         `itm_loss_weight * loss_itm + mlm_loss_weight * loss_mlm + mim_loss_weight * loss_mim` over the losses
@@ -78,7 +79,8 @@ class VLPUnifiedForPreTrainingOutput(ModelOutput):
         visual_feat_dim)`, the predicted region features.
     mim_class_logits (`torch.FloatTensor` of shape `(batch_size, num_regions, num_object_labels)`, *optional*):
         Region classification scores (regions with `num_object_labels > 0`, with `mim_mask`).
-    hidden_states, attentions: as `VLPUnifiedModelOutput`.
+    unified_output (`VLPUnifiedModelOutput`):
+        The base model's output the heads read (states, masks, hidden states and attentions).
     """
 
     loss: torch.Tensor | None = None
@@ -91,27 +93,28 @@ class VLPUnifiedForPreTrainingOutput(ModelOutput):
     itm_logits: torch.Tensor | None = None
     mim_predictions: torch.Tensor | None = None
     mim_class_logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+    unified_output: VLPUnifiedModelOutput | None = None
 
 
 @dataclass
-class VLPUnifiedImageTextRetrievalOutput(ModelOutput):
+class VLPUnifiedQuestionAnsweringOutput(VLPClassifierOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, with `labels`):
-        Cross-entropy of `itm_logits` against `labels` (1 = match).
-    logits (`torch.FloatTensor` of shape `(batch_size,)`):
-        Matching score: the log-odds `itm_logits[:, 1] - itm_logits[:, 0]`.
-    itm_logits (`torch.FloatTensor` of shape `(batch_size, 2)`):
-        The ITM head's two scores (index 1: match).
-    hidden_states, attentions: as `VLPUnifiedModelOutput`.
+    `loss` (with `labels`: ViLT's BCE with logits times `num_labels`, `vqa_loss="bce"`, or VisualBERT's KL
+    divergence, "kl") and `logits` `(batch_size, num_labels)` (raw answer scores, also with the KL loss), then:
+    unified_output (`VLPUnifiedModelOutput`): the base model's output.
     """
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    itm_logits: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+    unified_output: VLPUnifiedModelOutput | None = None
+
+
+@dataclass
+class VLPUnifiedImageTextRetrievalOutput(VLPRetrievalOutput):
+    r"""
+    The fields of `VLPRetrievalOutput` (`loss`, with `labels`: cross-entropy of `itm_logits`, 1 = match), then:
+    unified_output (`VLPUnifiedModelOutput`): the base model's output.
+    """
+
+    unified_output: VLPUnifiedModelOutput | None = None
 
 
 # --------------------------------------------------------------------------------------------------------------

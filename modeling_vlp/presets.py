@@ -48,6 +48,20 @@ _SMALL = dict(
     num_attention_heads=4, layer_norm_eps=1e-12, pre_norm=True, embedding_norm="text", pad_token_id=0,
 )  # fmt: skip
 
+# The sizes of the CPU presets ("small": trains in minutes) and of the test presets ("tiny": every code path, seconds
+# to build), on top of each family's architecture. The text vocabulary of the small ones is set by the tokenizer.
+def _scale(width: int, intermediate: int, layers: int, image_size: int, vocab: int, positions: int, bos: int):
+    """(vision, text) tower sizes: 4 heads, 8-pixel patches, pad 0, bos `bos` and eos `bos + 1`."""
+    stack = dict(hidden_size=width, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=4)
+    vision = dict(stack, image_size=image_size, patch_size=8)
+    text = dict(stack, vocab_size=vocab, max_position_embeddings=positions, pad_token_id=0, bos_token_id=bos,
+                eos_token_id=bos + 1)  # fmt: skip
+    return vision, text
+
+
+_SMALL_VISION, _SMALL_TEXT = _scale(128, 512, layers=4, image_size=64, vocab=1000, positions=32, bos=2)
+_TINY_VISION, _TINY_TEXT = _scale(32, 64, layers=2, image_size=32, vocab=99, positions=16, bos=1)
+
 _LXMERT_TEXT = dict(_FUSION_BERT_BASE, num_hidden_layers=9, hidden_dropout=0.1, attention_dropout=0.1)
 # LXMERT's region stream: BERT layers on region embeddings (image fields unused).
 _LXMERT_REGIONS = dict(
@@ -84,12 +98,8 @@ PRESETS: dict[str, tuple[type, dict]] = {
     "dual-small": (
         VLPDualEncoderConfig,
         dict(
-            vision_config={**_CLIP_VISION, "image_size": 64, "patch_size": 8, "hidden_size": 128,
-                           "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
-                           "hidden_act": "gelu"},
-            text_config={**_CLIP_TEXT, "vocab_size": 1000, "hidden_size": 128, "intermediate_size": 512,
-                         "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 32,
-                         "hidden_act": "gelu", "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+            vision_config={**_CLIP_VISION, **_SMALL_VISION, "hidden_act": "gelu"},
+            text_config={**_CLIP_TEXT, **_SMALL_TEXT, "hidden_act": "gelu"},
             projection_dim=128,
         ),
     ),  # fmt: skip
@@ -97,12 +107,7 @@ PRESETS: dict[str, tuple[type, dict]] = {
     "dual-tiny": (
         VLPDualEncoderConfig,
         dict(
-            vision_config={**_CLIP_VISION, "image_size": 32, "patch_size": 8, "hidden_size": 32,
-                           "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
-            text_config={**_CLIP_TEXT, "vocab_size": 99, "hidden_size": 32, "intermediate_size": 64,
-                         "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 16,
-                         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
-            projection_dim=16,
+            vision_config={**_CLIP_VISION, **_TINY_VISION}, text_config={**_CLIP_TEXT, **_TINY_TEXT}, projection_dim=16,
         ),
     ),  # fmt: skip
     # dandelin/vilt-b32-mlm: BERT's vocabulary and 40 text positions, ViT-B/32 blocks over 384px patch grids.
@@ -204,11 +209,8 @@ PRESETS: dict[str, tuple[type, dict]] = {
     "fusion-small": (
         VLPFusionConfig,
         dict(
-            text_config=dict(_FUSION_BERT_BASE, vocab_size=1000, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                             num_attention_heads=4, max_position_embeddings=32, pad_token_id=0, bos_token_id=2,
-                             eos_token_id=3),
-            vision_config=dict(_VIT_B_16, image_size=64, patch_size=8, hidden_size=128, intermediate_size=512,
-                               num_hidden_layers=2, num_attention_heads=4),
+            text_config={**_FUSION_BERT_BASE, **_SMALL_TEXT, "num_hidden_layers": 2},
+            vision_config={**_VIT_B_16, **_SMALL_VISION, "num_hidden_layers": 2},
             visual_input="patches", fusion_type="merge", num_fusion_layers=2, fused_pooling="first",
             projection_dim=128,
         ),
@@ -217,11 +219,7 @@ PRESETS: dict[str, tuple[type, dict]] = {
     "fusion-tiny": (
         VLPFusionConfig,
         dict(
-            text_config=dict(_FUSION_BERT_BASE, vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, max_position_embeddings=16, pad_token_id=0, bos_token_id=1,
-                             eos_token_id=2),
-            vision_config=dict(_VIT_B_16, image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=2, num_attention_heads=4),
+            text_config={**_FUSION_BERT_BASE, **_TINY_TEXT}, vision_config={**_VIT_B_16, **_TINY_VISION},
             visual_input="patches", visual_feat_dim=24, visual_pos_dim=4, fusion_type="merge", num_fusion_layers=2,
             fused_pooling="first", projection_dim=16, num_object_labels=11, num_attribute_labels=7, num_labels=5,
         ),
@@ -237,11 +235,8 @@ PRESETS: dict[str, tuple[type, dict]] = {
     "captioning-small": (
         VLPCaptioningConfig,
         dict(
-            vision_config=dict(_VIT_B_16, image_size=64, patch_size=8, hidden_size=128, intermediate_size=512,
-                               num_hidden_layers=4, num_attention_heads=4),
-            text_config={**_CLIP_TEXT, "vocab_size": 1000, "hidden_size": 128, "intermediate_size": 512,
-                         "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 32,
-                         "hidden_act": "gelu", "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+            vision_config={**_VIT_B_16, **_SMALL_VISION},
+            text_config={**_CLIP_TEXT, **_SMALL_TEXT, "hidden_act": "gelu"},
             lm_head_transform=False,
         ),
     ),  # fmt: skip
@@ -250,11 +245,8 @@ PRESETS: dict[str, tuple[type, dict]] = {
     "coca-small": (
         VLPCaptioningConfig,
         dict(
-            vision_config=dict(_VIT_B_16, image_size=64, patch_size=8, hidden_size=128, intermediate_size=512,
-                               num_hidden_layers=4, num_attention_heads=4),
-            text_config={**_CLIP_TEXT, "vocab_size": 1000, "hidden_size": 128, "intermediate_size": 512,
-                         "num_hidden_layers": 4, "num_attention_heads": 4, "max_position_embeddings": 32,
-                         "hidden_act": "gelu", "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+            vision_config={**_VIT_B_16, **_SMALL_VISION},
+            text_config={**_CLIP_TEXT, **_SMALL_TEXT, "hidden_act": "gelu"},
             num_unimodal_layers=2, lm_head_transform=False, projection_dim=128,
         ),
     ),  # fmt: skip
@@ -262,11 +254,7 @@ PRESETS: dict[str, tuple[type, dict]] = {
     "captioning-tiny": (
         VLPCaptioningConfig,
         dict(
-            vision_config=dict(_VIT_B_16, image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                               num_hidden_layers=2, num_attention_heads=4),
-            text_config={**_CLIP_TEXT, "vocab_size": 99, "hidden_size": 32, "intermediate_size": 64,
-                         "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 16,
-                         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+            vision_config={**_VIT_B_16, **_TINY_VISION}, text_config={**_CLIP_TEXT, **_TINY_TEXT},
             lm_head_transform=False,
         ),
     ),  # fmt: skip
@@ -290,7 +278,6 @@ def get_preset_config(name: str, **overrides) -> PreTrainedConfig:
         else:
             fields[key] = value
     return config_class(**fields)
-
 
 
 __all__ = ["PRESETS", "get_preset_config", "preset_names"]

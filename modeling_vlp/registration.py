@@ -28,18 +28,9 @@ from .configuration_unified import VLPUnifiedConfig
 from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig
 from .modeling_captioning import VLPCaptioningModel, VLPForConditionalGeneration
 from .modeling_dual_encoder import VLPDualEncoderModel, VLPTextModel, VLPVisionModel
-from .modeling_fusion import (
-    VLPFusionForPreTraining,
-    VLPFusionForQuestionAnswering,
-    VLPFusionModel,
-)
+from . import modeling_fusion as fusion
+from . import modeling_unified as unified
 from .modeling_fusion_retrieval import VLPFusionForImageTextRetrieval
-from .modeling_unified import (
-    VLPUnifiedForImageTextRetrieval,
-    VLPUnifiedForPreTraining,
-    VLPUnifiedForQuestionAnswering,
-    VLPUnifiedModel,
-)
 from .processors.image_processing_vlp import VLPImageProcessor
 from .processors.processing_vlp import VLPProcessor
 from .processors.tokenization_vlp import VLPTokenizer
@@ -52,8 +43,10 @@ MODEL_CLASSES: dict[str, type] = {
     model_class.__name__: model_class
     for model_class in (
         VLPVisionModel, VLPTextModel, VLPDualEncoderModel,
-        VLPUnifiedModel, VLPUnifiedForPreTraining, VLPUnifiedForQuestionAnswering, VLPUnifiedForImageTextRetrieval,
-        VLPFusionModel, VLPFusionForPreTraining, VLPFusionForQuestionAnswering, VLPFusionForImageTextRetrieval,
+        unified.VLPUnifiedModel, unified.VLPUnifiedForPreTraining, unified.VLPUnifiedForQuestionAnswering,
+        unified.VLPUnifiedForImageTextRetrieval,
+        fusion.VLPFusionModel, fusion.VLPFusionForPreTraining, fusion.VLPFusionForQuestionAnswering,
+        VLPFusionForImageTextRetrieval,
         VLPCaptioningModel, VLPForConditionalGeneration,
     )
 }  # fmt: skip
@@ -86,7 +79,7 @@ def _register_models() -> None:
     for config_class, model_class in (
         (VLPDualEncoderConfig, VLPDualEncoderModel),
         (VLPFusionConfig, VLPFusionForImageTextRetrieval),
-        (VLPUnifiedConfig, VLPUnifiedForImageTextRetrieval),
+        (VLPUnifiedConfig, unified.VLPUnifiedForImageTextRetrieval),
     ):
         AutoModelForImageTextRetrieval.register(config_class, model_class, exist_ok=True)
     # Families with heads: one class per Auto class. Saved checkpoints list every one of them in `auto_map`
@@ -95,19 +88,19 @@ def _register_models() -> None:
         (
             VLPUnifiedConfig,
             {
-                AutoModel: VLPUnifiedModel,
-                AutoModelForPreTraining: VLPUnifiedForPreTraining,
-                AutoModelForMaskedLM: VLPUnifiedForPreTraining,
-                AutoModelForVisualQuestionAnswering: VLPUnifiedForQuestionAnswering,
+                AutoModel: unified.VLPUnifiedModel,
+                AutoModelForPreTraining: unified.VLPUnifiedForPreTraining,
+                AutoModelForMaskedLM: unified.VLPUnifiedForPreTraining,
+                AutoModelForVisualQuestionAnswering: unified.VLPUnifiedForQuestionAnswering,
             },
         ),
         (
             VLPFusionConfig,
             {
-                AutoModel: VLPFusionModel,
-                AutoModelForPreTraining: VLPFusionForPreTraining,
-                AutoModelForMaskedLM: VLPFusionForPreTraining,
-                AutoModelForVisualQuestionAnswering: VLPFusionForQuestionAnswering,
+                AutoModel: fusion.VLPFusionModel,
+                AutoModelForPreTraining: fusion.VLPFusionForPreTraining,
+                AutoModelForMaskedLM: fusion.VLPFusionForPreTraining,
+                AutoModelForVisualQuestionAnswering: fusion.VLPFusionForQuestionAnswering,
             },
         ),
         (VLPCaptioningConfig, {AutoModel: VLPCaptioningModel, AutoModelForImageTextToText: VLPForConditionalGeneration}),

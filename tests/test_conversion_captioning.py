@@ -77,7 +77,7 @@ def test_logits_and_loss_match_blip(converted):
     logits_diff = (reference.logits[real] - ours.logits[real]).abs().max().item()
     assert logits_diff <= TOLERANCE, logits_diff
     assert abs(reference.loss.item() - ours.loss_lm.item()) <= TOLERANCE
-    assert (reference.image_embeds - ours.image_hidden_states).abs().max().item() <= TOLERANCE
+    assert (reference.image_embeds - ours.captioning_output.image_hidden_states).abs().max().item() <= TOLERANCE
 
 
 @pytest.mark.parametrize("strategy", [dict(num_beams=1), dict(num_beams=3)])

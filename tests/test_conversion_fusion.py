@@ -149,7 +149,7 @@ def test_pretraining_model_converts_with_parity_of_every_head(converted):
         base_reference = source.lxmert(**inputs, output_hidden_states=True, output_attentions=True)
         out = ours(**inputs, output_hidden_states=True, output_attentions=True)
         region = source.obj_predict_head(base_reference.vision_output)
-    assert_backbone_parity(base_reference, out)
+    assert_backbone_parity(base_reference, out.fusion_output)
     heads = {
         "mlm_logits": reference.prediction_logits,
         "itm_logits": reference.cross_relationship_score,

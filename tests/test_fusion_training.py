@@ -92,7 +92,7 @@ def test_itm_objective_needs_the_unimodal_states():
     from modeling_vlp.training.trainer import fusion_itm_objective
 
     outputs = model(**{k: v for k, v in make_batch(model).items() if k != "image_id"})
-    outputs["text_unimodal_state"] = None
+    outputs.fusion_output["text_unimodal_state"] = None
     with pytest.raises(ValueError, match="text_unimodal_state"):
         fusion_itm_objective(model, outputs, {}, args)
 

@@ -68,9 +68,9 @@ def test_forward_shapes_and_outputs():
     input_ids, attention_mask = captions()
     outputs = model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=images(3), labels=input_ids)
     assert outputs.logits.shape == (3, 7, 99)
-    assert outputs.image_hidden_states.shape == (3, 17, 32)  # 16 patches + class token
+    assert outputs.captioning_output.image_hidden_states.shape == (3, 17, 32)  # 16 patches + class token
     assert outputs.loss.ndim == 0 and torch.equal(outputs.loss, outputs.loss_lm)
-    assert outputs.loss_itc is None and outputs.image_embeds is None
+    assert outputs.loss_itc is None and outputs.captioning_output.image_embeds is None
     assert outputs.past_key_values is None  # no cache with labels
 
     base = VLPCaptioningModel(model.config)
@@ -83,8 +83,9 @@ def test_forward_shapes_and_outputs():
     assert [layer.cross_attn is not None for layer in layers] == [False, True, False]
     outputs = coca(input_ids=input_ids, attention_mask=attention_mask, pixel_values=images(3), labels=input_ids,
                    return_loss=True)  # fmt: skip
-    assert outputs.image_embeds.shape == outputs.text_embeds.shape == (3, 16)
-    assert torch.allclose(outputs.text_embeds.norm(dim=-1), torch.ones(3))
+    embeds = outputs.captioning_output
+    assert embeds.image_embeds.shape == embeds.text_embeds.shape == (3, 16)
+    assert torch.allclose(embeds.text_embeds.norm(dim=-1), torch.ones(3))
     expected = outputs.loss_lm + outputs.loss_itc
     assert torch.allclose(outputs.loss, expected)
 
@@ -124,11 +125,12 @@ def test_step_by_step_decoding_with_the_cache_equals_a_full_forward(attn_impleme
     step = model(input_ids=input_ids[:, :3], pixel_values=pixel_values, use_cache=True)  # a 3-token prefill
     logits, cache = [step.logits], step.past_key_values
     assert cache.get_seq_length() == 3 and cache.cross_attention_cache.get_seq_length(1) == 17
-    step = model(input_ids=input_ids[:, 3:5], image_hidden_states=step.image_hidden_states, past_key_values=cache)
+    image_tokens = step.captioning_output.image_hidden_states
+    step = model(input_ids=input_ids[:, 3:5], image_hidden_states=image_tokens, past_key_values=cache)
     logits.append(step.logits)  # a 2-token chunk after the cache: the causal mask is offset
     for position in range(5, 8):
         step = model(
-            input_ids=input_ids[:, position : position + 1], image_hidden_states=step.image_hidden_states,
+            input_ids=input_ids[:, position : position + 1], image_hidden_states=image_tokens,
             past_key_values=step.past_key_values, use_cache=True,
         )  # fmt: skip
         logits.append(step.logits)

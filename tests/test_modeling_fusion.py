@@ -298,9 +298,11 @@ def test_save_load_round_trip(tmp_path, variant):
     with torch.no_grad():
         a, b = model(**inputs), loaded(**inputs)
         backbone = VLPFusionModel.from_pretrained(tmp_path).eval()(**inputs)
-    for name in ("mlm_logits", "itm_logits", "mim_predictions", "pooler_output", "image_embeds"):
+    for name in ("mlm_logits", "itm_logits", "mim_predictions"):
         torch.testing.assert_close(a[name], b[name], msg=name)
-    torch.testing.assert_close(a.pooler_output, backbone.pooler_output)
+    for name in ("pooler_output", "image_embeds"):
+        torch.testing.assert_close(a.fusion_output[name], b.fusion_output[name], msg=name)
+    torch.testing.assert_close(a.fusion_output.pooler_output, backbone.pooler_output)
 
 
 @pytest.mark.parametrize("variant", ["merge-patches", "lxmert-regions"])
@@ -382,8 +384,8 @@ def test_each_loss_only_with_its_labels():
     torch.testing.assert_close(out.loss_itm, F.cross_entropy(out.itm_logits, everything["itm_labels"]))
     torch.testing.assert_close(out.loss_vqa, F.cross_entropy(out.answer_logits, everything["answer_labels"]))
     torch.testing.assert_close(
-        out.loss_itc, F.cross_entropy(out.logits_per_image, torch.arange(BATCH)) / 2
-        + F.cross_entropy(out.logits_per_text, torch.arange(BATCH)) / 2,
+        out.loss_itc, F.cross_entropy(out.fusion_output.logits_per_image, torch.arange(BATCH)) / 2
+        + F.cross_entropy(out.fusion_output.logits_per_text, torch.arange(BATCH)) / 2,
     )  # fmt: skip
 
 
@@ -438,7 +440,7 @@ def test_region_losses_lxmert_dict_and_separate_labels_agree():
     changed[mim_mask] = 7.0
     with torch.no_grad():
         again = model(**{**inputs, "visual_feats": changed}, mim_mask=mim_mask)
-    torch.testing.assert_close(again.pooler_output, separate.pooler_output)
+    torch.testing.assert_close(again.fusion_output.pooler_output, separate.fusion_output.pooler_output)
 
 
 def test_patch_regression_targets_and_mask_token():
@@ -460,9 +462,9 @@ def test_patch_regression_targets_and_mask_token():
         changed = pixel_values.clone()
         changed[:, :, :8, :8] = 9.0  # patch 0, masked
         masked_change = model(**{**inputs, "pixel_values": changed}, mim_mask=mim_mask)
-    torch.testing.assert_close(unmasked.pooler_output, plain.pooler_output)
+    torch.testing.assert_close(unmasked.fusion_output.pooler_output, plain.fusion_output.pooler_output)
     assert unmasked.loss_mim is not None and plain.loss_mim is None
-    torch.testing.assert_close(masked_change.pooler_output, out.pooler_output)
+    torch.testing.assert_close(masked_change.fusion_output.pooler_output, out.fusion_output.pooler_output)
     target = patchify(pixel_values, 8)
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
     per_patch = ((out.mim_predictions - target) ** 2).mean(-1)
@@ -494,7 +496,7 @@ def test_retrieval_model_scores_pairs_with_itm_log_odds():
         pair_logits = model.itm_logits_for_pairs(text, inputs["attention_mask"], image.last_hidden_state, None)
     torch.testing.assert_close(out.logits, out.itm_logits[:, 1] - out.itm_logits[:, 0])
     torch.testing.assert_close(pair_logits, out.itm_logits, atol=1e-5, rtol=0)
-    assert out.logits_per_image.shape == (BATCH, BATCH) and out.loss.ndim == 0
+    assert out.fusion_output.logits_per_image.shape == (BATCH, BATCH) and out.loss.ndim == 0
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""What `vlp pretrain` and `vlp finetune` share: resuming from checkpoints, the datasets and the held-out split, the
+processor (a tokenizer trained on the captions, or a pretrained one), the config from a preset and the command
+line, a pretrained text tower, pushing a finished run and logging."""
 
 import json
 import logging
@@ -181,7 +183,7 @@ def held_out_split(splits, num_validation: int, seed: int):
     return splits["train"], splits[eval_split]
 
 
-def _load_saved_processor(path: str):
+def load_saved_processor(path: str):
 
     try:
         return VLPProcessor.from_pretrained(path)

@@ -56,7 +56,7 @@ from ..evaluation.visualize import (
 from ..evaluation.vqa import vqa_metrics, vqa_predictions, vqa_score
 from ..families import FAMILIES, family_of
 from ..registration import MODEL_CLASSES
-from .common import _load_saved_processor
+from .common import load_saved_processor
 
 logger = logging.getLogger("modeling_vlp.evaluate")
 
@@ -368,7 +368,7 @@ def load_model(model_path: str, task: str):
 
 def load_processor(model_path: str):
 
-    processor = _load_saved_processor(model_path)
+    processor = load_saved_processor(model_path)
     if processor is None:
         raise ValueError(f"--model {model_path!r} has no processor saved with it (processor_config.json + tokenizer).")
     return processor

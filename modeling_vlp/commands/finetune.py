@@ -25,7 +25,7 @@ from ..training.collators import VLPQuestionAnsweringCollator
 from .arguments import FINETUNE_DEFAULTS, PretrainArguments
 from .common import (
     TRAINER_STATE_NAME,
-    _load_saved_processor,
+    load_saved_processor,
     _setup_logging,
     build_config,
     build_processor,
@@ -137,7 +137,7 @@ def finetune(argv: Sequence[str]) -> int:
 
     def build():
         if args.model is not None:
-            processor = _load_saved_processor(args.model)
+            processor = load_saved_processor(args.model)
             if processor is None:
                 raise ValueError(f"--model {args.model!r} has no processor saved with it.")
             return processor

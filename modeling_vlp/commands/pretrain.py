@@ -1,4 +1,9 @@
-"""TODO docstring"""
+"""`vlp pretrain`: build a model of a family from a preset (or with a pretrained text tower), train it with the
+family's objectives on the embedded scenes or a local corpus, evaluate it, save it (and push it).
+
+    vlp pretrain --family dual --output-dir runs/x [options]
+    vlp pretrain --family fusion --objectives itc,itm,mlm --momentum-distill --output-dir runs/albef
+"""
 
 import json
 import logging
@@ -22,7 +27,7 @@ from .common import (
     SCENES_DESCRIPTION,
     TRAINER_STATE_NAME,
     _check_text_model_options,
-    _load_saved_processor,
+    load_saved_processor,
     _setup_logging,
     build_config,
     build_model_with_text_model,
@@ -37,6 +42,10 @@ from .common import (
 )
 
 logger = logging.getLogger("modeling_vlp.cli")
+# The command-line options that are `VLPObjectiveArguments` fields of the same name.
+OBJECTIVE_OPTIONS = (
+    "local_loss", "gather_with_grad", "itm_negative_ratio", "momentum_distill", "momentum", "distill_alpha", "queue_size",
+)
 
 # --------------------------------------------------------------------------------------------------------------
 # vlp pretrain
@@ -97,9 +106,9 @@ def _prepare_processor(training_args, resume_from, build):
     very same tokenizer; a resumed run takes the one saved with its checkpoint."""
     output_dir = training_args.output_dir
     with training_args.main_process_first(desc="processor"):
-        processor = _load_saved_processor(resume_from) if resume_from else None
+        processor = load_saved_processor(resume_from) if resume_from else None
         if processor is None and training_args.local_process_index > 0:
-            processor = _load_saved_processor(output_dir)
+            processor = load_saved_processor(output_dir)
         if processor is None:
             processor = build()
             processor.save_pretrained(output_dir)
@@ -166,14 +175,7 @@ def pretrain(argv: Sequence[str]) -> int:
     objectives = parse_objective_weights(args.objectives or default_objectives, args.objective_weights)
     _check_decoder_objectives(args.family, objectives)
     objective_args = VLPObjectiveArguments(
-        objectives=objectives,
-        local_loss=args.local_loss,
-        gather_with_grad=args.gather_with_grad,
-        itm_negative_ratio=args.itm_negative_ratio,
-        momentum_distill=args.momentum_distill,
-        momentum=args.momentum,
-        distill_alpha=args.distill_alpha,
-        queue_size=args.queue_size,
+        objectives=objectives, **{name: getattr(args, name) for name in OBJECTIVE_OPTIONS}
     )
     set_seed(training_args.seed)
     output_dir = training_args.output_dir

@@ -1,4 +1,6 @@
-"""TODO docstring"""
+"""Evaluation of the models that read an image and a text together: ITM scores of every pair for single-stream
+models (`image_text_match_scores`, `evaluate_image_text_matching`, with MLM accuracy) and ALBEF-style re-ranked
+retrieval for fusion models (`evaluate_fusion_retrieval`, through `rerank.rerank_retrieval`)."""
 
 from __future__ import annotations
 
@@ -78,9 +80,8 @@ def _visual_batch(processor, eval_dataset) -> dict[str, torch.Tensor]:
     return dict(processor(images=list(eval_dataset["image"]), return_tensors="pt"))
 
 
-def image_text_match_matrix(model, processor, eval_dataset, batch_size: int = 64, show_progress: bool = True):
-    """(scores `(num_images, num_texts)`, texts, text_to_image, visual inputs) of a single-stream model on an
-    image-caption split: the ITM score of every image with every caption (`image_text_match_scores`)."""
+def _split_inputs(model, processor, eval_dataset) -> tuple[list[str], list[int], dict, dict]:
+    """(texts, text_to_image, tokenized texts, visual inputs) of an image-caption split, every caption once."""
     if len(eval_dataset) == 0:
         raise ValueError("eval_dataset is empty.")
     if "caption" not in eval_dataset.column_names:
@@ -90,7 +91,13 @@ def image_text_match_matrix(model, processor, eval_dataset, batch_size: int = 64
     text_inputs = dict(
         tokenizer(texts, padding=True, truncation=True, max_length=_text_max_length(model, tokenizer), return_tensors="pt")
     )
-    visual_inputs = _visual_batch(processor, eval_dataset)
+    return texts, text_to_image, text_inputs, _visual_batch(processor, eval_dataset)
+
+
+def image_text_match_matrix(model, processor, eval_dataset, batch_size: int = 64, show_progress: bool = True):
+    """(scores `(num_images, num_texts)`, texts, text_to_image, visual inputs) of a single-stream model on an
+    image-caption split: the ITM score of every image with every caption (`image_text_match_scores`)."""
+    texts, text_to_image, text_inputs, visual_inputs = _split_inputs(model, processor, eval_dataset)
     scores = image_text_match_scores(model, visual_inputs, text_inputs, batch_size, show_progress)
     return scores, texts, text_to_image, visual_inputs
 
@@ -161,17 +168,7 @@ def fusion_rerank_scores(
     """(`VLPRerankedRetrieval`, texts, text_to_image) of a fusion model on an image-caption split: ITC similarity of
     every pair, ITM re-scoring of each query's top `k` (capped at the numbers of images and texts) in both
     directions (`rerank.rerank_retrieval`)."""
-
-    if len(eval_dataset) == 0:
-        raise ValueError("eval_dataset is empty.")
-    if "caption" not in eval_dataset.column_names:
-        raise ValueError(f"eval_dataset needs a 'caption' column; it has {eval_dataset.column_names}.")
-    tokenizer = processor.tokenizer
-    texts, text_to_image = retrieval_texts(eval_dataset)
-    text_inputs = dict(
-        tokenizer(texts, padding=True, truncation=True, max_length=_text_max_length(model, tokenizer), return_tensors="pt")
-    )
-    image_inputs = _visual_batch(processor, eval_dataset)
+    texts, text_to_image, text_inputs, image_inputs = _split_inputs(model, processor, eval_dataset)
     k = min(k, len(eval_dataset), len(texts))
     with _eval_mode(model):
         result = rerank_retrieval(

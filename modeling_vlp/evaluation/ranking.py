@@ -1,4 +1,11 @@
-"""TODO docstring"""
+"""Ranking metrics over score matrices, written once in plain torch: retrieval Recall@k and ranks, their chance
+levels, zero-shot and top-k accuracy (the `evaluate` modules in `metrics/` wrap these functions).
+
+Ranking convention, used everywhere: the rank of the ground truth is 1 + the number of wrong candidates scoring *at
+least* as high as the best ground-truth candidate. Ties therefore count against the model (a constant similarity
+scores 0 at R@1, not 100), and when an item has several ground truths (an image with five captions), only the
+best-placed one counts, as in the Flickr30k / COCO protocol.
+"""
 
 from __future__ import annotations
 

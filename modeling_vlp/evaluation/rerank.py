@@ -248,12 +248,4 @@ def rerank_retrieval(
             ranks = _ranks(scores, targets)
             for cutoff in RECALL_KS:
                 metrics[f"{prefix}{direction}_r@{cutoff}"] = _recall(ranks, cutoff)
-    return VLPRerankedRetrieval(
-        scores_i2t=scores_i2t,
-        scores_t2i=scores_t2i,
-        similarity=similarity,
-        topk_i2t=topk_i2t,
-        topk_t2i=topk_t2i,
-        num_itm_pairs=shortlist.num_pairs,
-        metrics=metrics,
-    )
+    return VLPRerankedRetrieval(scores_i2t, scores_t2i, similarity, topk_i2t, topk_t2i, shortlist.num_pairs, metrics)

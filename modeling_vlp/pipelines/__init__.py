@@ -1,4 +1,19 @@
-"""TODO docstring"""
+"""Pipelines that know our models, and their registration (`register_pipelines`, run by `import modeling_vlp`).
+
+transformers' zero-shot image classification pipeline picks sigmoid scores (and SigLIP's max-length padding) only
+when "siglip" is in the model type, so a `VLPDualEncoderModel` trained with the sigmoid loss would get softmax
+scores. `VLPZeroShotImageClassificationPipeline` reads `config.loss_type` instead; it is installed as the
+"zero-shot-image-classification" task, and for every other model it behaves exactly as the stock pipeline.
+
+Two tasks transformers does not have (any more) are ours: "image-text-retrieval" (`VLPImageTextRetrievalPipeline`,
+every family that ranks) and "visual-question-answering" (`VLPVisualQuestionAnsweringPipeline`, answer classifiers of
+the unified and fusion families; transformers 5 removed the task).
+
+The stock "image-text-to-text" pipeline is built for chat models: it requires a text prompt and feeds it through the
+processor, whose tokenizer would end the caption with its eos token. `VLPImageTextToTextPipeline` writes captions
+for our captioning models (optional prompt) and is the stock pipeline for every other model; "image-to-text", which
+transformers 5 redirects to "image-text-to-text", reaches it too.
+"""
 
 import logging
 
@@ -56,22 +71,15 @@ def register_pipelines() -> None:
     """Install `VLPZeroShotImageClassificationPipeline` as the "zero-shot-image-classification" task and
     `VLPImageTextToTextPipeline` as "image-text-to-text" (keeping the stock tasks' model classes and default models),
     and our "image-text-retrieval" and "visual-question-answering" (alias "vqa") tasks. Idempotent."""
-    current = PIPELINE_REGISTRY.supported_tasks.get(TASK, {})
-    _register(
-        TASK,
-        VLPZeroShotImageClassificationPipeline,
-        tuple(current.get("pt") or (AutoModelForZeroShotImageClassification,)),
-        default=current.get("default"),
-        task_type=current.get("type", "multimodal"),
-    )
-    current = PIPELINE_REGISTRY.supported_tasks.get(CAPTIONING_TASK, {})
-    _register(
-        CAPTIONING_TASK,
-        VLPImageTextToTextPipeline,
-        tuple(current.get("pt") or (AutoModelForImageTextToText,)),
-        default=current.get("default"),
-        task_type=current.get("type", "multimodal"),
-    )
+    for task, pipeline_class, auto_class in (
+        (TASK, VLPZeroShotImageClassificationPipeline, AutoModelForZeroShotImageClassification),
+        (CAPTIONING_TASK, VLPImageTextToTextPipeline, AutoModelForImageTextToText),
+    ):
+        current = PIPELINE_REGISTRY.supported_tasks.get(task, {})
+        _register(
+            task, pipeline_class, tuple(current.get("pt") or (auto_class,)), default=current.get("default"),
+            task_type=current.get("type", "multimodal"),
+        )  # fmt: skip
     _register(RETRIEVAL_TASK, VLPImageTextRetrievalPipeline, (AutoModelForImageTextRetrieval,))
     _register(VQA_TASK, VLPVisualQuestionAnsweringPipeline, (AutoModelForVisualQuestionAnswering,))
     # transformers 5 removed the VQA task and `pipeline()` refuses the name before looking at the registry.

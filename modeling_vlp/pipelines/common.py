@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""What the pipelines share: task names and defaults, loading and processing images or region features, text
+arguments, argument checks and ranking a score matrix."""
 
 from collections.abc import Sequence
 

@@ -1,4 +1,5 @@
-"""TODO docstring"""
+"""The "image-text-retrieval" pipeline: ranks texts for images and images for texts with any family that ranks
+(`Family.retrieval_ranking`: dual-encoder embeddings, ALBEF re-ranking, ITM matching)."""
 
 import os
 from typing import Any

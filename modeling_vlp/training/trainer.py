@@ -197,6 +197,7 @@ def fusion_itm_objective(
     ITC similarities against the whole gathered batch, never one of the same `image_id`. The unimodal states are
     gathered with their gradient, so a negative from another rank trains that rank's encoders too. The fusion layers
     then read B positive and up to 2B negative pairs; the loss is the ITM head's cross-entropy over all of them."""
+    outputs = outputs.fusion_output  # the base model's: unimodal states and ITC embeddings
     text_states, text_mask, image_states, image_mask = _unimodal_states(outputs)
     batch_size, device = text_states.shape[0], text_states.device
     image_ids = _image_ids(inputs, batch_size, device)
@@ -244,10 +245,11 @@ def fusion_itc_objective(
     """ITC over the global batch; with momentum distillation, ALBEF's: the candidates are the teacher's features of
     the global batch and its queue, the targets the teacher's similarities mixed with the ground truth (every
     candidate of the same `image_id` is a positive)."""
+    outputs = outputs.fusion_output  # the base model's: ITC embeddings and temperature
     distiller = args.distiller
     if distiller is None:
         return itc_objective(model, outputs, inputs, args)
-    teacher = inputs["teacher_outputs"]
+    teacher = inputs["teacher_outputs"].fusion_output
     batch_size, device = outputs.image_embeds.shape[0], outputs.image_embeds.device
     image_ids = _image_ids(inputs, batch_size, device)
     gather = args.gather and get_world_size() > 1
@@ -311,6 +313,7 @@ def captioning_itc_objective(
     model: nn.Module, outputs: ModelOutput, inputs: dict[str, Any], args: VLPObjectiveArguments
 ) -> torch.Tensor:
     """CoCa's contrastive loss over the global batch; only for captioning models with a contrastive head."""
+    outputs = outputs.captioning_output  # the base model's: contrastive embeddings and temperature
     if getattr(model.config, "projection_dim", None) is None or outputs.get("image_embeds") is None:
         raise ValueError(
             f"Objective 'itc' needs a contrastive head, but {type(model).__name__} has `projection_dim=None`; "
@@ -510,6 +513,9 @@ class VLPTrainer(Trainer):
         loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
+        # The ITC embeddings are in the output itself (dual encoder) or in the base model's output a head's holds.
+        found = [outputs, *(value for value in outputs.values() if isinstance(value, ModelOutput))]
+        outputs = next((value for value in found if value.get("image_embeds") is not None), outputs)
         embeds = tuple(outputs[key].detach() for key in ("image_embeds", "text_embeds") if outputs.get(key) is not None)
         return loss, embeds, inputs.get("image_id")
 

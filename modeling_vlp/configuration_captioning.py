@@ -49,6 +49,8 @@ class VLPCaptioningConfig(PreTrainedConfig):
     """
 
     model_type = "vlp_captioning"
+    # The Trainer's predictions leave out the base model's output a head's output holds (features, not predictions).
+    keys_to_ignore_at_inference = ["captioning_output", "cache", "past_key_values"]
     sub_configs_defaults = {"vision_config": VLPVisionConfig, "text_config": VLPTextConfig}
 
     vision_config: dict | PreTrainedConfig | None = None

@@ -59,6 +59,8 @@ class VLPFusionConfig(PreTrainedConfig):
     """
 
     model_type = "vlp_fusion"
+    # The Trainer's predictions leave out the base model's output a head's output holds (features, not predictions).
+    keys_to_ignore_at_inference = ["fusion_output"]
     sub_configs_defaults = {"vision_config": VLPVisionConfig, "text_config": VLPTextConfig}
 
     text_config: dict | PreTrainedConfig | None = None

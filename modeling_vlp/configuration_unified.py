@@ -41,6 +41,8 @@ class VLPUnifiedConfig(VLPTransformerConfig):
     """
 
     model_type = "vlp_unified"
+    # The Trainer's predictions leave out the base model's output a head's output holds (features, not predictions).
+    keys_to_ignore_at_inference = ["unified_output"]
 
     # text
     vocab_size: int = 30522

@@ -267,11 +267,16 @@ class Family:
     def question_answering_class(self) -> type | None:
         return self.classes.get("question_answering")
 
+    def roles_of(self, class_name: str | None) -> list[str]:
+        return [role for role, cls in self.classes.items() if cls.__name__ == class_name]
+
     def role_of(self, class_name: str | None) -> str | None:
-        return next((role for role, cls in self.classes.items() if cls.__name__ == class_name), None)
+        return next(iter(self.roles_of(class_name)), None)
 
     def pipeline_tag(self, class_name: str | None) -> str:
-        return self.pipeline_tags.get(self.role_of(class_name), self.pipeline_tags["*"])
+        """The tag of the first role of the class that has one (a class may serve two roles), else the "*" tag."""
+        tagged = [self.pipeline_tags[role] for role in self.roles_of(class_name) if role in self.pipeline_tags]
+        return tagged[0] if tagged else self.pipeline_tags["*"]
 
 
 def _tower_image_size(config) -> int:

@@ -107,7 +107,7 @@ class VLPImageTextRetrievalPipeline(Pipeline):
         """The model's family, when it ranks (`Family.retrieval_ranking`) and the model is one of its ranking
         classes (`Family.retrieval_roles`)."""
         family = family_of(model)
-        if family is None or family.role_of(type(model).__name__) not in family.retrieval_roles:
+        if family is None or not set(family.roles_of(type(model).__name__)) & set(family.retrieval_roles):
             ranking = [known.classes[role].__name__ for known in FAMILIES.values() for role in known.retrieval_roles]
             raise ValueError(
                 f"The {RETRIEVAL_TASK} pipeline needs a {', '.join(dict.fromkeys(ranking))}, got "

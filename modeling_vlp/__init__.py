@@ -13,6 +13,7 @@ from .configuration_fusion import VLPFusionConfig  # noqa: E402
 from .configuration_unified import VLPUnifiedConfig  # noqa: E402
 from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig  # noqa: E402
 from .evaluation.rerank import VLPRerankedRetrieval, rerank_retrieval  # noqa: E402
+from .families import FAMILIES  # noqa: E402
 from .modeling_captioning import (  # noqa: E402
     VLPCaptioningModel,
     VLPCaptioningOutput,
@@ -45,6 +46,13 @@ from .pipelines import (  # noqa: E402
 )
 from .presets import PRESETS, get_preset_config, preset_names  # noqa: E402
 from .registration import AutoModelForImageTextRetrieval, register_auto_classes  # noqa: E402
+from .training import (  # noqa: E402
+    VLPCollator,
+    VLPObjectiveArguments,
+    VLPPretrainingCollator,
+    VLPReportingTrainer,
+    VLPTrainer,
+)
 
 register_auto_classes()
 register_pipelines()
@@ -52,11 +60,13 @@ register_pipelines()
 __version__ = "0.1.0"
 
 __all__ = [
+    "FAMILIES",
     "PRESETS",
     "AutoModelForImageTextRetrieval",
     "VLPCaptioningConfig",
     "VLPCaptioningModel",
     "VLPCaptioningOutput",
+    "VLPCollator",
     "VLPDualEncoderConfig",
     "VLPDualEncoderModel",
     "VLPDualEncoderOutput",
@@ -68,9 +78,13 @@ __all__ = [
     "VLPFusionModel",
     "VLPImageTextRetrievalPipeline",
     "VLPImageTextToTextPipeline",
+    "VLPObjectiveArguments",
+    "VLPPretrainingCollator",
     "VLPRerankedRetrieval",
+    "VLPReportingTrainer",
     "VLPTextConfig",
     "VLPTextModel",
+    "VLPTrainer",
     "VLPUnifiedConfig",
     "VLPUnifiedForImageTextRetrieval",
     "VLPUnifiedForPreTraining",

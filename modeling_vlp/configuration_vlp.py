@@ -62,6 +62,8 @@ class VLPVisionConfig(VLPTransformerConfig):
     `initializer_style` sets how a tower trained from scratch starts: "normal" draws every linear weight from
     N(0, initializer_range) (BERT, ViLT); "clip" scales the attention and MLP weights by width and depth as CLIP does
     (q/k/v and fc2 std d^-0.5 (2L)^-0.5, out_proj d^-0.5, fc1 (2d)^-0.5), which trains markedly better from scratch.
+    `patch_dropout` drops that share of the patch tokens (a random subset per image, the class token kept) in
+    training only (FLIP); evaluation and generation see every patch.
     """
 
     model_type = "vlp_vision"
@@ -76,11 +78,14 @@ class VLPVisionConfig(VLPTransformerConfig):
     final_norm: str = "pooled"
     pooling: str = "cls"
     initializer_style: str = "normal"
+    patch_dropout: float = 0.0
 
     def validate_architecture(self):
         super().validate_architecture()
         _check_choice("initializer_style", self.initializer_style, INITIALIZER_STYLES)
         _check_choice("pooling", self.pooling, VISION_POOLINGS)
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"`patch_dropout` must be in [0, 1), got {self.patch_dropout}.")
         _check_choice("final_norm", self.final_norm, FINAL_NORMS)
         if self.pooling == "cls" and not self.class_token:
             raise ValueError("`pooling='cls'` needs `class_token=True`; use 'mean' or 'attention' without one.")
@@ -144,6 +149,23 @@ def _tower_config(value, default_class):
     return AutoConfig.for_model(model_type, **value)
 
 
+def tower_width(config: PreTrainedConfig) -> int:
+    """The width of a tower's pooled features, whatever its kind: `hidden_size` (ours, ViT, CLIP, BERT), timm's
+    `num_features` (`TimmWrapperConfig`), the last stage of a convolutional transformers model (`hidden_sizes`,
+    ResNet / ConvNeXt), or `embed_dim`."""
+    for name in ("hidden_size", "num_features", "embed_dim"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    sizes = getattr(config, "hidden_sizes", None)
+    if sizes:
+        return int(sizes[-1])
+    raise ValueError(
+        f"Cannot tell the feature width of a {type(config).__name__} (model_type {config.model_type!r}): it has no "
+        "`hidden_size`, `num_features`, `embed_dim` or `hidden_sizes`."
+    )
+
+
 def check_own_towers(config, family: str) -> None:
     """A family whose layers read our tower configs' fields: both towers must be ours, whatever the dicts said."""
     for name, tower_class in (("text_config", VLPTextConfig), ("vision_config", VLPVisionConfig)):
@@ -160,7 +182,8 @@ class VLPDualEncoderConfig(PreTrainedConfig):
     r"""Two towers and a contrastive head (CLIP, SigLIP, ALIGN, LiT).
 
     Each tower is a `VLPVisionConfig` / `VLPTextConfig` or the config of any transformers model (a pretrained ViT,
-    BERT, ...). A tower's pooled output goes through a projection to `projection_dim` (`vision_projection` /
+    CLIP / SigLIP vision tower, BERT, a timm model's `TimmWrapperConfig`, ...); its feature width is `tower_width`'s.
+    A tower's pooled output goes through a projection to `projection_dim` (`vision_projection` /
     `text_projection` = "linear") or straight to the head ("none", SigLIP's vision tower). `loss_type` picks the
     softmax InfoNCE loss (CLIP) or the pairwise sigmoid loss with a learned bias (SigLIP). The learned temperature
     `exp(logit_scale)` is clamped to `logit_scale_max` (CLIP's 100) to keep training stable; None leaves it free.
@@ -197,7 +220,7 @@ class VLPDualEncoderConfig(PreTrainedConfig):
         _check_choice("foreign_vision_pooling", self.foreign_vision_pooling, ("pooler", "cls", "mean"))
         _check_choice("foreign_text_pooling", self.foreign_text_pooling, ("pooler", "cls", "mean"))
         for name in ("vision", "text"):
-            width = getattr(self, f"{name}_config").hidden_size
+            width = tower_width(getattr(self, f"{name}_config"))
             if getattr(self, f"{name}_projection") == "none" and width != self.projection_dim:
                 raise ValueError(
                     f"`{name}_projection='none'` needs the {name} tower's hidden_size ({width}) to equal "

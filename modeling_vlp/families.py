@@ -44,7 +44,8 @@ def _evaluate_matching(model, processor, eval_dataset, batch_size: int) -> dict[
 
 
 def _evaluate_fusion(model, processor, eval_dataset, batch_size: int) -> dict[str, float]:
-
+    if getattr(model.config, "projection_dim", None) is None:  # no ITC head (LXMERT): ITM on every pair
+        return _evaluate_matching(model, processor, eval_dataset, batch_size)
     return evaluate_fusion_retrieval(model, processor, eval_dataset, batch_size=batch_size, show_progress=False)
 
 
@@ -94,6 +95,7 @@ def _dual_overrides(args, base, tokenizer) -> dict:
         text.update(_tokenizer_fields(tokenizer))
         if text["eos_token_id"] is None and base.text_config.pooling == "eos":
             text["pooling"] = "mean"
+    vision["patch_dropout"] = args.patch_dropout
     overrides = {
         "vision_config": {key: value for key, value in vision.items() if value is not None},
         "text_config": {key: value for key, value in text.items() if value is not None},
@@ -110,8 +112,11 @@ def _dual_overrides(args, base, tokenizer) -> dict:
 
 def _captioning_overrides(args, base, tokenizer) -> dict:
     """The dual family's tower overrides, the text tower being the decoder; its start, end and padding tokens come
-    from the tokenizer (a caption is bos, words, eos)."""
-    return _towers_with_tokenizer(args, base, tokenizer)
+    from the tokenizer (a caption is bos, words, eos); `--patch-dropout` drops image patches in training."""
+    overrides = _towers_with_tokenizer(args, base, tokenizer)
+    if args.patch_dropout is not None:
+        overrides["vision_config"]["patch_dropout"] = args.patch_dropout
+    return overrides
 
 
 def _check_captioning_objectives(config, objectives) -> None:
@@ -120,6 +125,15 @@ def _check_captioning_objectives(config, objectives) -> None:
             "--objectives itc needs a contrastive head, but this captioning config has projection_dim=None: train "
             "with --objectives lm, or use --preset coca-small (or set --projection-dim with a preset that has "
             "unimodal text layers)."
+        )
+
+
+def _check_fusion_objectives(config, objectives) -> None:
+    if "itc" in objectives and config.projection_dim is None:
+        raise ValueError(
+            f"--objectives {','.join(objectives)}: 'itc' needs an ITC head, but this fusion config has "
+            "projection_dim=None (as LXMERT); train --objectives itm,mlm (ITM then draws its negatives uniformly), "
+            "or use a preset with an ITC head such as fusion-small or albef-base."
         )
 
 
@@ -141,6 +155,8 @@ def _unified_overrides(args, base, tokenizer) -> dict:
 
 
 def _describe_vision(vision: Mapping) -> str:
+    if vision.get("architecture"):  # a timm model through transformers' TimmWrapperModel
+        return f"timm's `{vision['architecture']}` (width {vision.get('num_features')}, through `TimmWrapperModel`)"
     if vision.get("model_type", "vlp_vision") != "vlp_vision":
         return f"a `{vision.get('model_type')}` image encoder (width {vision.get('hidden_size')})"
     return (
@@ -242,7 +258,9 @@ class Family:
     config_overrides: Callable  # (args, preset config, tokenizer or None) -> get_preset_config overrides
     image_size: Callable  # config -> input image side
     max_text_length: Callable  # config -> text positions
-    evaluate: Callable  # (model, processor, eval_dataset, batch_size) -> flat dict of floats, after `vlp pretrain`
+    # (model, processor, eval_dataset, batch_size) -> flat dict of floats: after `vlp pretrain`, and at each of its
+    # --eval-strategy evaluations (logged as eval_<name>)
+    evaluate: Callable
     evaluation_tasks: Mapping[str, str]  # `vlp evaluate --task` -> role of the class it loads by default
     describe: Callable[[Mapping], list[str]]  # config.json -> the model card's architecture lines
     pipeline_tags: Mapping[str, str]  # class role -> Hub pipeline tag ("*": any other role)
@@ -342,7 +360,9 @@ FAMILY_LIST = (
         masked_inputs=True,
         unused_options=(
             "vision_layers", "vision_width", "vision_heads", "text_layers", "text_width", "text_heads",
-            "projection_dim", "loss_type", "local_loss", "fusion_layers", "momentum_distill",
+            "projection_dim", "loss_type", "local_loss", "fusion_layers", "momentum_distill", "patch_dropout",
+            "vision_model", "lock_image", "lock_image_unlocked_groups", "lock_image_freeze_bn_stats", "lock_text",
+            "lock_text_unlocked_layers", "lock_text_freeze_layer_norm",
         ),
     ),  # fmt: skip
     Family(
@@ -369,7 +389,14 @@ FAMILY_LIST = (
         retrieval_ranking="rerank",
         retrieval_roles=("retrieval", "pretraining"),
         masked_inputs=True,
-        unused_options=("layers", "width", "heads", "loss_type"),
+        unused_options=(
+            "layers", "width", "heads", "loss_type", "patch_dropout",  # fusion embeds its own patches
+            "vision_model", "lock_image", "lock_image_unlocked_groups", "lock_image_freeze_bn_stats", "lock_text",
+            "lock_text_unlocked_layers", "lock_text_freeze_layer_norm",
+        ),
+        # A fusion model without ITC head (projection_dim=None, LXMERT) trains ITM (uniform negatives) and MLM.
+        preset_objectives=lambda config: ("itc", "itm", "mlm") if config.projection_dim is not None else ("itm", "mlm"),
+        check_objectives=_check_fusion_objectives,
     ),  # fmt: skip
     Family(
         name="captioning",
@@ -392,7 +419,8 @@ FAMILY_LIST = (
         pipeline_tags={"generation": "image-text-to-text", "*": "feature-extraction"},
         unused_options=(
             "layers", "width", "heads", "fusion_layers", "loss_type", "mlm_probability", "mim_ratio",
-            "momentum_distill",
+            "momentum_distill", "vision_model", "lock_image", "lock_image_unlocked_groups",
+            "lock_image_freeze_bn_stats", "lock_text", "lock_text_unlocked_layers", "lock_text_freeze_layer_norm",
         ),
         preset_objectives=lambda config: ("itc", "lm") if config.projection_dim is not None else ("lm",),
         check_objectives=_check_captioning_objectives,

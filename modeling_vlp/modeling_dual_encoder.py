@@ -1,19 +1,21 @@
 """The dual-encoder family: an image tower and a text tower aligned contrastively (CLIP, SigLIP, ALIGN, LiT)."""
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig
+from .configuration_vlp import VLPDualEncoderConfig, VLPTextConfig, VLPVisionConfig, tower_width
 from .losses import contrastive_logits, contrastive_loss
 from .modeling_base import VLPContrastiveOutput, VLPPreTrainedModel, exp_logit_scale
 from .modeling_layers import (
     VLPAttentionPool,
     VLPEncoder,
+    VLPPatchDropout,
     VLPPatchEmbeddings,
     VLPTextEmbeddings,
     check_input_ids,
@@ -41,7 +43,8 @@ class VLPDualEncoderOutput(VLPContrastiveOutput):
 
 
 class VLPVisionModel(VLPPreTrainedModel):
-    """A ViT: patch embeddings -> (pre-LN) -> transformer -> pooled token (cls / mean / attention probe)."""
+    """A ViT: patch embeddings -> (patch dropout in training) -> (pre-LN) -> transformer -> pooled token (cls / mean /
+    attention probe)."""
 
     config: VLPVisionConfig
     config_class = VLPVisionConfig
@@ -52,6 +55,7 @@ class VLPVisionModel(VLPPreTrainedModel):
     def __init__(self, config: VLPVisionConfig):
         super().__init__(config)
         self.embeddings = VLPPatchEmbeddings(config)
+        self.patch_dropout = VLPPatchDropout(config.patch_dropout, self.embeddings.num_prefix_tokens)
         self.pre_layrnorm = (
             nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.pre_layernorm else nn.Identity()
         )
@@ -81,7 +85,7 @@ class VLPVisionModel(VLPPreTrainedModel):
         """
         check_pixel_values(pixel_values, self.config.num_channels)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        hidden_states = self.pre_layrnorm(hidden_states)
+        hidden_states = self.pre_layrnorm(self.patch_dropout(hidden_states))
         encoder_outputs = self.encoder(
             hidden_states,
             output_hidden_states=bool(output_hidden_states or self.config.output_hidden_states),
@@ -174,7 +178,9 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
     """Image tower + text tower + projections + a learned temperature (and bias, for the sigmoid loss).
 
     Either tower may be any transformers model (`from_vision_text_pretrained`), pooled by
-    `config.foreign_vision_pooling` / `config.foreign_text_pooling`.
+    `config.foreign_vision_pooling` / `config.foreign_text_pooling`: a ViT, CLIP or SigLIP vision tower, a BERT, or a
+    timm model through transformers' `TimmWrapperModel` (whose code is transformers' own and needs `timm` installed
+    wherever the checkpoint loads). `lock_image_tower` / `lock_text_tower` freeze them (LiT).
     """
 
     config: VLPDualEncoderConfig
@@ -196,8 +202,8 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
         super().__init__(config)
         self.vision_model = vision_model if vision_model is not None else _build_tower(config.vision_config, VLPVisionModel)
         self.text_model = text_model if text_model is not None else _build_tower(config.text_config, VLPTextModel)
-        self.vision_embed_dim = config.vision_config.hidden_size
-        self.text_embed_dim = config.text_config.hidden_size
+        self.vision_embed_dim = tower_width(config.vision_config)
+        self.text_embed_dim = tower_width(config.text_config)
         self.visual_projection = self._projection(config.vision_projection, self.vision_embed_dim)
         self.text_projection = self._projection(config.text_projection, self.text_embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
@@ -206,7 +212,65 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
             if config.loss_type == "sigmoid"
             else None
         )
+        # Set by lock_image_tower / lock_text_tower: towers run without autograd, modules kept in eval mode.
+        self._no_grad_towers: set[str] = set()
+        self._eval_modules: list[str] = []
         self.post_init()
+
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, but the modules a lock froze stay in eval mode (BatchNorm statistics and dropout of
+        a locked tower; the Trainer calls `model.train()` every step)."""
+        super().train(mode)
+        if mode:
+            for name in self._eval_modules:
+                self.get_submodule(name).eval()
+        return self
+
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = True) -> None:
+        """Freeze the image tower but its last `unlocked_groups` groups (LiT; open_clip's `lock_image_tower`).
+        Groups are the stem, then one per block, the last block with what follows it (final norm, pooler); a timm
+        tower's are timm's `group_matcher` groups. With `freeze_bn_stats` (the default, unlike open_clip) the locked
+        BatchNorm layers keep their running statistics: they stay in eval mode through `train()`. A fully locked
+        tower runs under `torch.no_grad()` (and, with `freeze_bn_stats`, in eval mode: no dropout either). The
+        projection and the temperature stay trainable. A randomly initialised tower can be locked too. A lock is a
+        training setting: checkpoints do not save it (lock again after `from_pretrained`)."""
+        self._lock_tower("vision_model", unlocked_groups, "unlocked_groups", freeze_bn_stats, freeze_norm=True)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True) -> None:
+        """Freeze the text tower but its last `unlocked_layers` transformer layers (open_clip's `lock_text_tower`);
+        with `freeze_layer_norm=False` the LayerNorms of the locked part stay trainable. A fully locked tower with
+        frozen LayerNorms runs under `torch.no_grad()` in eval mode (no dropout)."""
+        self._lock_tower("text_model", unlocked_layers, "unlocked_layers", freeze_layer_norm, freeze_layer_norm)
+
+    def _lock_tower(self, name: str, unlocked: int, option: str, eval_mode: bool, freeze_norm: bool) -> None:
+        tower = getattr(self, name)
+        groups = tower_groups(tower)
+        if not 0 <= unlocked < len(groups):
+            raise ValueError(
+                f"`{option}` must be between 0 and {len(groups) - 1} for this {type(tower).__name__} ({len(groups)} "
+                f"groups: the stem and its blocks; the stem stays locked), got {unlocked}."
+            )
+        locked = {param for group in groups[: len(groups) - unlocked] for param in group}
+        norms = {f"{module}.{param}" for module, norm in tower.named_modules() if isinstance(norm, nn.LayerNorm)
+                 for param, _ in norm.named_parameters(recurse=False)}  # fmt: skip
+        for param_name, param in tower.named_parameters():
+            param.requires_grad_(param_name not in locked or (not freeze_norm and param_name in norms))
+        self._no_grad_towers.discard(name)
+        self._eval_modules = [module for module in self._eval_modules if module.split(".")[0] != name]
+        if not any(param.requires_grad for param in tower.parameters()):
+            self._no_grad_towers.add(name)
+            if eval_mode:
+                self._eval_modules.append(name)
+        elif eval_mode and freeze_norm:
+            self._eval_modules += [
+                f"{name}.{module_name}" for module_name, module in tower.named_modules()
+                if isinstance(module, nn.modules.batchnorm._BatchNorm)
+                and all(f"{module_name}.{param}" in locked for param, _ in module.named_parameters(recurse=False))
+            ]  # fmt: skip
+        self.train(self.training)
+
+    def _tower_context(self, name: str):
+        return torch.no_grad() if name in self._no_grad_towers else nullcontext()
 
     def _projection(self, kind: str, width: int) -> nn.Module:
         if kind == "none":
@@ -263,22 +327,23 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
         r"""The vision tower's output with `pooler_output` replaced by the projected image embeddings
         `(batch_size, projection_dim)` (not normalised), as transformers' `CLIPModel.get_image_features`."""
         tower_kwargs = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        if isinstance(self.vision_model, VLPVisionModel):
-            outputs = self.vision_model(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **tower_kwargs
-            )
-            pooled = outputs.pooler_output
-        else:
-            check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", 3))
-            if interpolate_pos_encoding:
-                tower_kwargs["interpolate_pos_encoding"] = True
-            outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **tower_kwargs)
-            pooled = self._pool_foreign(outputs, None, self.config.foreign_vision_pooling)
+        with self._tower_context("vision_model"):
+            if isinstance(self.vision_model, VLPVisionModel):
+                outputs = self.vision_model(
+                    pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **tower_kwargs
+                )
+                pooled = outputs.pooler_output
+            else:
+                check_pixel_values(pixel_values, getattr(self.config.vision_config, "num_channels", 3))
+                if interpolate_pos_encoding:
+                    tower_kwargs["interpolate_pos_encoding"] = True
+                outputs = self.vision_model(pixel_values=pixel_values, return_dict=True, **tower_kwargs)
+                pooled = self._pool_foreign(outputs, None, self.config.foreign_vision_pooling)
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=self.visual_projection(pooled),
             hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            attentions=getattr(outputs, "attentions", None),  # timm towers have none
         )
 
     def get_text_features(
@@ -299,11 +364,14 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
             tower_kwargs["token_type_ids"] = token_type_ids
         if position_ids is not None:
             tower_kwargs["position_ids"] = position_ids
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **tower_kwargs)
-        if isinstance(self.text_model, VLPTextModel):
-            pooled = outputs.pooler_output
-        else:
-            pooled = self._pool_foreign(outputs, attention_mask, self.config.foreign_text_pooling)
+        with self._tower_context("text_model"):
+            outputs = self.text_model(
+                input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **tower_kwargs
+            )
+            if isinstance(self.text_model, VLPTextModel):
+                pooled = outputs.pooler_output
+            else:
+                pooled = self._pool_foreign(outputs, attention_mask, self.config.foreign_text_pooling)
         return BaseModelOutputWithPooling(
             last_hidden_state=outputs.last_hidden_state,
             pooler_output=self.text_projection(pooled),
@@ -365,13 +433,61 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
 
 
 def _load_tower(name_or_path: str, own_class: type) -> nn.Module:
-    """A pretrained tower: ours, any transformers model, or the matching tower of a two-tower checkpoint (CLIP)."""
+    """A pretrained tower: ours, any transformers model (a timm one through `TimmWrapperModel`), or the matching
+    tower of a two-tower checkpoint (CLIP, SigLIP). Raises ValueError when the model reads the other modality."""
     config = AutoConfig.from_pretrained(name_or_path)
     if config.model_type == own_class.config_class.model_type:
         return own_class.from_pretrained(name_or_path)
-    model = AutoModel.from_pretrained(name_or_path)
+    if isinstance(getattr(config, "model_args", None), dict):  # timm: transformers passes num_classes=0 itself
+        config.model_args.pop("num_classes", None)
+    model = AutoModel.from_pretrained(name_or_path, config=config)
+    if getattr(config, "pretrained_cfg", None) and getattr(config, "image_size", None) is None:
+        config.image_size = int(config.pretrained_cfg.get("input_size", (3, 224, 224))[-1])  # what timm trained at
     tower = "vision_model" if own_class is VLPVisionModel else "text_model"
-    return getattr(model, tower) if hasattr(model, tower) and hasattr(config, f"{tower[:-6]}_config") else model
+    if hasattr(model, tower) and hasattr(config, f"{tower[:-6]}_config"):
+        sub_config, model = getattr(config, f"{tower[:-6]}_config"), getattr(model, tower)
+        if not isinstance(model, PreTrainedModel):  # CLIP / SigLIP keep a bare transformer: wrap it in its model
+            wrapper = AutoModel.from_config(sub_config)
+            if hasattr(wrapper, tower):
+                setattr(wrapper, tower, model)
+                model = wrapper
+    expected = "pixel_values" if own_class is VLPVisionModel else "input_ids"
+    if getattr(model, "main_input_name", expected) != expected:
+        kind = "vision" if own_class is VLPVisionModel else "text"
+        raise ValueError(
+            f"{name_or_path!r} is a {type(model).__name__} (model_type {config.model_type!r}) reading "
+            f"`{model.main_input_name}`, not a {kind} model reading `{expected}`."
+        )
+    return model
+
+
+def _block_list(tower: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The tower's stack of blocks: its longest `nn.ModuleList` (`encoder.layers`, ViT / BERT `encoder.layer`)."""
+    lists = [(name, module) for name, module in tower.named_modules() if isinstance(module, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"Cannot find the blocks of a {type(tower).__name__} to lock (it has no nn.ModuleList).")
+    return max(lists, key=lambda item: len(item[1]))
+
+
+def tower_groups(tower: nn.Module) -> list[list[str]]:
+    """A tower's parameter names in groups, first to last, as open_clip locks them: the stem (what comes before the
+    blocks), one group per block, the last block together with what follows it (final norm, pooler). A timm tower
+    (`TimmWrapperModel`) is grouped by its own `group_matcher`, as open_clip's `TimmModel.lock` does."""
+    timm_model = getattr(tower, "timm_model", None)
+    if timm_model is not None and hasattr(timm_model, "group_matcher"):
+        from timm.models import group_parameters  # only a timm tower comes here, and timm builds it
+
+        groups = group_parameters(timm_model, timm_model.group_matcher())
+        return [[f"timm_model.{name}" for name in groups[key]] for key in sorted(groups)]
+    blocks_name, blocks = _block_list(tower)
+    stem, block_groups, tail = [], [[] for _ in blocks], []
+    for name, _ in tower.named_parameters():
+        if name.startswith(blocks_name + "."):
+            block_groups[int(name[len(blocks_name) + 1 :].split(".")[0])].append(name)
+        else:
+            (tail if any(block_groups) else stem).append(name)
+    block_groups[-1] += tail
+    return [stem, *block_groups]
 
 
 __all__ = ["VLPVisionModel", "VLPTextModel", "VLPDualEncoderModel", "VLPDualEncoderOutput"]

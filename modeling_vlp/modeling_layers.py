@@ -407,6 +407,27 @@ class VLPPatchEmbeddings(nn.Module):
         return embeddings + self.position_embedding(self.position_ids)
 
 
+class VLPPatchDropout(nn.Module):
+    """FLIP's patch dropout (open_clip's `PatchDropout`): in training, each image keeps a random
+    `1 - prob` share of its patch tokens (at least one) and its prefix (class) tokens; in eval mode it is the
+    identity, so evaluation and generation see every patch."""
+
+    def __init__(self, prob: float, num_prefix_tokens: int):
+        super().__init__()
+        self.prob = prob
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.prob == 0.0:
+            return hidden_states
+        prefix, patches = hidden_states[:, : self.num_prefix_tokens], hidden_states[:, self.num_prefix_tokens :]
+        batch_size, num_patches, width = patches.shape
+        keep = max(1, int(num_patches * (1.0 - self.prob)))
+        kept = torch.rand(batch_size, num_patches, device=patches.device).topk(keep, dim=-1).indices
+        patches = patches.gather(1, kept.unsqueeze(-1).expand(-1, -1, width))
+        return torch.cat([prefix, patches], dim=1)
+
+
 class VLPTextEmbeddings(nn.Module):
     """Token + learned position (+ token type) embeddings, with BERT's optional LayerNorm and dropout."""
 

@@ -4,6 +4,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modeling_vlp.commands.arguments import PretrainArguments
+from modeling_vlp.commands.common import build_config, build_processor
+from modeling_vlp.data.scenes import make_scenes_dataset
+from modeling_vlp.families import FAMILIES
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
 
 
@@ -39,3 +43,22 @@ def tiny_processor(captions) -> VLPProcessor:
     tokenizer = VLPTokenizer.train_from_iterator(captions, vocab_size=60, model_type="bpe", model_max_length=16)
     image_processor = VLPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return VLPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def save_tiny_checkpoint(folder, name: str, role: str = "pretraining", **config_changes):
+    """A tiny model of the family (its `role` class, its config changed by `config_changes`) saved with
+    `save_pretrained`, beside a processor whose tokenizer was trained on scenes captions: what `vlp convert` or a
+    `vlp pretrain` run leaves."""
+    family = FAMILIES[name]
+    preset = f"{name}-tiny"
+    args = PretrainArguments(family=name, vocab_size=200)
+    config = build_config(args, preset)
+    train = make_scenes_dataset(16, 4, image_size=family.image_size(config), seed=1)["train"]
+    processor = build_processor(args, train, family.image_size(config), family.max_text_length(config))
+    torch.manual_seed(1)
+    config = build_config(args, preset, processor.tokenizer)
+    config.update(config_changes)
+    model = family.classes[role](config)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model

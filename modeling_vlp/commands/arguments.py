@@ -16,6 +16,15 @@ class PretrainArguments:
     """Options of `vlp pretrain` besides transformers' `TrainingArguments`."""
 
     family: str = field(default="dual", metadata={"help": "Model family.", "choices": sorted(FAMILIES)})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this checkpoint (a folder saved by vlp pretrain / vlp convert / save_pretrained, or a "
+            "Hub repo id) and its processor: the family comes from its config.json (model_type), the architecture, "
+            "image size and text length from its config and processor, so --preset and the architecture options "
+            "cannot be given. A base model without heads gets fresh heads (the log says so)."
+        },
+    )
     preset: str | None = field(
         default=None,
         metadata={"help": f"Architecture preset (default: the family's CPU preset, dual-small): {preset_names()}."},
@@ -91,6 +100,15 @@ class PretrainArguments:
     gather_with_grad: bool = field(
         default=True, metadata={"help": "Backpropagate through the features gathered from other ranks."}
     )
+    accum_freq: int = field(
+        default=1,
+        metadata={
+            "help": "open_clip's --accum-freq K (needs itc; lm, mlm, mim are averaged over the K batches, itm is "
+            "refused): each step takes K batches of --per-device-train-batch-size "
+            "and computes one contrastive loss over all of their pairs (and every rank's), holding one batch's "
+            "activations at a time. Unlike --gradient-accumulation-steps, the K batches are each other's negatives."
+        },
+    )
     # Text and image processing.
     tokenizer: str | None = field(
         default=None, metadata={"help": "Tokenizer folder (any AutoTokenizer). Default: train one on the captions."}
@@ -123,6 +141,54 @@ class PretrainArguments:
             "help": "Dual family: start the text tower from this pretrained model folder (any transformers text "
             "model, e.g. MiniLM / BERT; LiT / ALIGN-style) and use its tokenizer (unless --tokenizer). The image "
             "tower comes from the preset and its overrides; --max-text-length truncates captions."
+        },
+    )
+    vision_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dual family: start the image tower from this pretrained model folder: any vision model "
+            "AutoModel loads (ViT, CLIP / SigLIP vision or full model, ours, a timm model saved by "
+            "timm.models.save_for_hf, loaded as TimmWrapperModel, which needs timm installed). Images are normalised "
+            "with the tower's own mean / std / interpolation, at its input size (--image-size may change it for a "
+            "tower without a fixed size, e.g. a timm CNN)."
+        },
+    )
+    lock_image: bool = field(
+        default=False,
+        metadata={
+            "help": "Dual family: freeze the image tower (LiT) but its last --lock-image-unlocked-groups groups; "
+            "its locked BatchNorm statistics are kept (--no-lock-image-freeze-bn-stats: updated). A fully locked "
+            "tower runs without autograd, in eval mode. Meant for a pretrained tower (--vision-model), but a "
+            "random one can be locked too, as open_clip allows."
+        },
+    )
+    lock_image_unlocked_groups: int = field(
+        default=0,
+        metadata={"help": "With --lock-image: train the last N groups (blocks; a timm tower's group_matcher groups)."},
+    )
+    lock_image_freeze_bn_stats: bool = field(
+        default=True, metadata={"help": "With --lock-image: keep the locked BatchNorm layers' running statistics."}
+    )
+    lock_text: bool = field(
+        default=False,
+        metadata={
+            "help": "Dual family: freeze the text tower but its last --lock-text-unlocked-layers layers (a fully "
+            "locked one runs without autograd, in eval mode). Meant for --text-model; a random tower can be locked."
+        },
+    )
+    lock_text_unlocked_layers: int = field(
+        default=0, metadata={"help": "With --lock-text: train the last N transformer layers of the text tower."}
+    )
+    lock_text_freeze_layer_norm: bool = field(
+        default=True,
+        metadata={"help": "With --lock-text: freeze the locked layers' LayerNorms too (--no-...: train them)."},
+    )
+    patch_dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "FLIP: drop this share of the image patches (a random subset per image; the class token kept) "
+            "in training only, in [0, 1), e.g. 0.5; evaluation and generation see every patch. Our ViT image "
+            "towers (dual, captioning)."
         },
     )
 

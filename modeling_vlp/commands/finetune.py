@@ -18,10 +18,11 @@ from transformers import (
 
 from ..data.local import load_image_text_dataset
 from ..data.scenes import make_scenes_vqa_dataset, vqa_answer_vocabulary
-from ..evaluation.vqa import evaluate_vqa, vqa_compute_metrics
+from ..evaluation.vqa import evaluate_vqa
 from ..families import FAMILIES
 from ..presets import get_preset_config
 from ..training.collators import VLPQuestionAnsweringCollator
+from ..training.trainer import VLPReportingTrainer
 from .arguments import FINETUNE_DEFAULTS, PretrainArguments
 from .common import (
     TRAINER_STATE_NAME,
@@ -105,8 +106,6 @@ def load_vqa_datasets(args: FinetuneArguments, image_size: int, seed: int):
 
 
 def finetune(argv: Sequence[str]) -> int:
-    from transformers import Trainer
-
     push_args, argv = split_push_arguments(argv)
     args, training_args = _finetune_parser().parse_args_into_dataclasses(args=argv)
     _setup_logging(training_args)
@@ -158,16 +157,25 @@ def finetune(argv: Sequence[str]) -> int:
         torch.manual_seed(training_args.seed)
         model = model_class(config)
     max_text_length = min(family.max_text_length(model.config), processor.tokenizer.model_max_length)
-    trainer = Trainer(
+    visual_input = getattr(model.config, "visual_input", "patches")
+
+    def vqa_metrics(model, dataset) -> dict[str, float]:
+        # The official VQA accuracy (and per question type) of the whole split, at every evaluation: eval_vqa_accuracy.
+        return evaluate_vqa(
+            model, processor, dataset, model.config.id2label, batch_size=training_args.per_device_eval_batch_size,
+            show_progress=False, visual_input=visual_input,
+        )  # fmt: skip
+
+    trainer = VLPReportingTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=VLPQuestionAnsweringCollator(
-            processor, label2id, max_length=max_text_length, visual_input=getattr(model.config, "visual_input", "patches")
+            processor, label2id, max_length=max_text_length, visual_input=visual_input
         ),
         processing_class=processor,
-        compute_metrics=vqa_compute_metrics,
+        compute_model_metrics=vqa_metrics,
     )
     if _is_finished(resume_from, training_args):
         trainer.state = TrainerState.load_from_json(os.path.join(resume_from, TRAINER_STATE_NAME))
@@ -175,13 +183,8 @@ def finetune(argv: Sequence[str]) -> int:
         trainer.train(resume_from_checkpoint=resume_from)
 
     def evaluate() -> dict[str, float]:
-        metrics = evaluate_vqa(
-            model, processor, eval_dataset, model.config.id2label,
-            batch_size=training_args.per_device_eval_batch_size, show_progress=False,
-            visual_input=getattr(model.config, "visual_input", "patches"),
-        )  # fmt: skip
-        metrics.update({key: float(value) for key, value in trainer.evaluate().items()})
-        return metrics
+        evaluated = {key: float(value) for key, value in trainer.evaluate().items()}  # eval_loss, eval_vqa_accuracy
+        return {**trainer.last_model_metrics, **evaluated}
 
     status = _finish(trainer, model, output_dir, evaluate)
     if status == 0 and push_args is not None and trainer.is_world_process_zero():

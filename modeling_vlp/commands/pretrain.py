@@ -30,14 +30,20 @@ from .common import (
     load_saved_processor,
     _setup_logging,
     build_config,
-    build_model_with_text_model,
+    apply_tower_locks,
+    build_model_with_towers,
     build_processor,
     build_text_model_processor,
     check_family_options,
+    check_model_options,
     checkpoint_step,
     find_resume_checkpoint,
+    given_options,
     load_datasets,
+    load_model_for_pretraining,
+    load_model_processor,
     push_run,
+    read_model_config,
     split_push_arguments,
 )
 
@@ -45,6 +51,7 @@ logger = logging.getLogger("modeling_vlp.cli")
 # The command-line options that are `VLPObjectiveArguments` fields of the same name.
 OBJECTIVE_OPTIONS = (
     "local_loss", "gather_with_grad", "itm_negative_ratio", "momentum_distill", "momentum", "distill_alpha", "queue_size",
+    "accum_freq",
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -151,6 +158,16 @@ def _check_decoder_objectives(family_name: str, objectives) -> None:
         )
 
 
+def _truncation_length(args, max_text_length: int) -> int:
+    """`--max-text-length` with `--model` truncates captions; it cannot add positions to the checkpoint."""
+    if args.max_text_length > max_text_length:
+        raise ValueError(
+            f"--max-text-length {args.max_text_length} exceeds the {max_text_length} tokens --model {args.model!r} "
+            f"reads: --model fixes the architecture; give --max-text-length {max_text_length} or less (it truncates)."
+        )
+    return args.max_text_length
+
+
 def _is_finished(resume_from: str | None, training_args: TrainingArguments) -> bool:
     # transformers' Trainer resumed from a checkpoint at max_steps still takes one more step: skip training instead.
     return resume_from is not None and 0 < training_args.max_steps <= checkpoint_step(resume_from)
@@ -159,8 +176,16 @@ def _is_finished(resume_from: str | None, training_args: TrainingArguments) -> b
 def pretrain(argv: Sequence[str]) -> int:
 
     push_args, argv = split_push_arguments(argv)
-    args, training_args = _pretrain_parser().parse_args_into_dataclasses(args=argv)
+    parser = _pretrain_parser()
+    args, training_args = parser.parse_args_into_dataclasses(args=argv)
     _setup_logging(training_args)
+    start_config = None  # --model: the checkpoint's config, which fixes the family and the architecture
+    if args.model is not None:
+        start_family, start_config = read_model_config(args.model)
+        check_model_options(args, given_options(parser, argv), start_family.name)
+        args.family = start_family.name
+        if getattr(args, "patch_dropout", None) is not None and hasattr(start_config, "vision_config"):
+            start_config.vision_config.patch_dropout = args.patch_dropout  # a training-time option, not architecture
     family = FAMILIES[args.family]
     if args.family != "dual" and not any(item.startswith("--ddp-find-unused-parameters") for item in argv):
         # Heads of objectives not trained (the MIM head and mask token without mim, ...) get no gradient, which DDP
@@ -168,10 +193,10 @@ def pretrain(argv: Sequence[str]) -> int:
         training_args.ddp_find_unused_parameters = True
     check_family_options(args, args.family)
     _check_text_model_options(args)
-    preset = args.preset or family.default_preset
+    preset = args.model or args.preset or family.default_preset
     default_objectives = family.default_objectives
     if family.preset_objectives is not None and not args.objectives:
-        default_objectives = family.preset_objectives(get_preset_config(preset))
+        default_objectives = family.preset_objectives(start_config or get_preset_config(preset))
     objectives = parse_objective_weights(args.objectives or default_objectives, args.objective_weights)
     _check_decoder_objectives(args.family, objectives)
     objective_args = VLPObjectiveArguments(
@@ -181,8 +206,9 @@ def pretrain(argv: Sequence[str]) -> int:
     output_dir = training_args.output_dir
     resume_from = _resume_checkpoint(training_args, args.resume)
 
-    logger.info("vlp pretrain: family %s, preset %s, output %s", args.family, preset, output_dir)
-    config = build_config(args, preset)
+    start = "model" if args.model is not None else "preset"
+    logger.info("vlp pretrain: family %s, %s %s, output %s", args.family, start, preset, output_dir)
+    config = start_config or build_config(args, preset)
     if family.check_objectives is not None:
         family.check_objectives(config, objective_args.objectives)
     image_size = family.image_size(config)
@@ -193,14 +219,18 @@ def pretrain(argv: Sequence[str]) -> int:
     logger.info("Data: %d training and %d evaluation examples.", len(train_dataset), len(eval_dataset))
 
     def build():
+        if args.model is not None:
+            return load_model_processor(args.model)
         if args.text_model is not None:
             return build_text_model_processor(args, image_size, args.max_text_length)
         return build_processor(args, train_dataset, image_size, family.max_text_length(config), not regions)
 
     processor = _prepare_processor(training_args, resume_from, build)
     tokenizer = processor.tokenizer
-    config = build_config(args, preset, tokenizer)
+    config = start_config or build_config(args, preset, tokenizer)
     max_text_length = min(family.max_text_length(config), tokenizer.model_max_length)
+    if args.model is not None and args.max_text_length is not None:
+        max_text_length = _truncation_length(args, max_text_length)
 
     finished = _is_finished(resume_from, training_args)
     if finished:
@@ -208,10 +238,13 @@ def pretrain(argv: Sequence[str]) -> int:
         model = family.model_class.from_pretrained(resume_from)
     else:
         torch.manual_seed(training_args.seed)
-        if args.text_model is not None:
-            model = build_model_with_text_model(config, args.text_model)
+        if args.model is not None:
+            model = load_model_for_pretraining(family, args.model, start_config)
+        elif args.text_model is not None or args.vision_model is not None:
+            model = build_model_with_towers(config, args)
         else:
             model = family.model_class(config)
+        apply_tower_locks(model, args)
     resolve_objectives(model, objective_args)  # fail before training when the family lacks an objective
     logger.info(
         "Model: %s (%s), %.2fM parameters; objectives %s.",
@@ -232,14 +265,21 @@ def pretrain(argv: Sequence[str]) -> int:
             visual_input=getattr(config, "visual_input", "patches"),
             **collator_args,
         )
+
+    def family_metrics(model, dataset) -> dict[str, float]:
+        # The family's own evaluation at each --eval-strategy evaluation: logged as eval_rsum, eval_cider, ...
+        return family.evaluate(model, processor, dataset, training_args.per_device_eval_batch_size)
+
+    evaluating = training_args.eval_strategy != "no"
     trainer = VLPTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset if training_args.eval_strategy != "no" else None,
+        eval_dataset=eval_dataset if evaluating else None,
         data_collator=collator,
         processing_class=processor,
         objective_args=objective_args,
+        compute_model_metrics=family_metrics if evaluating else None,
     )
     if finished:
         trainer.state = TrainerState.load_from_json(os.path.join(resume_from, TRAINER_STATE_NAME))
@@ -253,5 +293,7 @@ def pretrain(argv: Sequence[str]) -> int:
     status = _finish(trainer, model, output_dir, evaluate)
     if status == 0 and push_args is not None and trainer.is_world_process_zero():
         description = SCENES_DESCRIPTION if args.dataset is None else None
+        if args.model is not None and not os.path.isdir(args.model):
+            push_args.base_model = push_args.base_model or args.model  # a Hub start is the card's base_model
         status = push_run(push_args, output_dir, objective_args.objectives, args.dataset or "scenes", description)
     return status

@@ -1,7 +1,9 @@
 """Training: `VLPTrainer` (a transformers `Trainer`) and its objectives over the global batch (`trainer`,
-`objectives`), the data collators and masking (`collators`, `masking`), momentum distillation (`momentum`) and the
-torch.distributed helpers (`distributed`)."""
+`objectives`), the data collators and masking (`collators`, `masking`), momentum distillation (`momentum`), a
+contrastive batch larger than memory (`accumulation`, `--accum-freq`) and the torch.distributed helpers
+(`distributed`)."""
 
+from .accumulation import accumulate_contrastive_gradients, split_batch
 from .collators import (
     VLPCollator,
     VLPPretrainingCollator,
@@ -36,6 +38,7 @@ from .objectives import (
 from .trainer import (
     Objective,
     VLPObjectiveArguments,
+    VLPReportingTrainer,
     VLPTrainer,
     captioning_itc_objective,
     compute_objective_losses,
@@ -57,7 +60,9 @@ __all__ = [
     "VLPObjectiveArguments",
     "VLPPretrainingCollator",
     "VLPQuestionAnsweringCollator",
+    "VLPReportingTrainer",
     "VLPTrainer",
+    "accumulate_contrastive_gradients",
     "all_gather_features",
     "all_gather_object_list",
     "all_gather_padded",
@@ -84,4 +89,5 @@ __all__ = [
     "sample_hard_negatives",
     "sample_itm_negatives",
     "soft_cross_entropy",
+    "split_batch",
 ]

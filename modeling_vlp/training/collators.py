@@ -29,19 +29,21 @@ class VLPCollator:
     """Collate dataset rows into a paired image-text batch with a processor.
 
     Each row is a mapping with an image (PIL image, path, bytes, array: anything the image processor accepts) under
-    `image_column` and a caption under `text_column`. When `sample_captions=True` and a row has a non-empty list of
-    captions under `captions_column`, one of them is drawn at random instead (a seeded generator: the same sequence
-    of batches gives the same captions). Columns in `passthrough_columns` that a row has (`image_id` by default) are
+    `image_column` and a caption under `caption_column` (any name: `caption_column="text"`). When
+    `sample_captions=True` and a row has a non-empty list of captions under `captions_column`, one of them is drawn
+    at random instead (a seeded generator: the same sequence of batches gives the same captions). Columns in `passthrough_columns` that a row has (`image_id` by default) are
     returned as tensors for the objectives (e.g. ITM negatives must not be another caption of the same image).
 
-    Use with `Trainer(..., args=TrainingArguments(remove_unused_columns=False))` so the rows reach the collator whole.
+    Use with `Trainer(..., args=TrainingArguments(remove_unused_columns=False))` so the rows reach the collator whole
+    (`VLPTrainer` sets it itself).
 
     Args:
         processor: A `VLPProcessor` (any processor taking `images=`, `text=`, `paired=True` and tokenizer kwargs).
-        image_column (`str`, defaults to `"image"`), text_column (`str`, defaults to `"caption"`): Row keys.
+        image_column (`str`, defaults to `"image"`), caption_column (`str`, defaults to `"caption"`): Row keys
+            of the image and its caption; `text_column` is the older name of `caption_column`.
         captions_column (`str`, defaults to `"captions"`): Row key of the list of alternative captions.
         sample_captions (`bool`, defaults to `False`): Draw one caption of `captions_column` per row (training);
-            `False` always uses `text_column` (evaluation).
+            `False` always uses `caption_column` (evaluation).
         max_length (`int`, *optional*): Truncate captions to this many tokens (the text tower's position limit);
             `None` leaves it to the tokenizer's `model_max_length`.
         padding (`bool` or `str`, defaults to `True`): Tokenizer padding (`True` pads to the longest in the batch).
@@ -66,13 +68,20 @@ class VLPCollator:
         passthrough_columns: Sequence[str] = ("image_id",),
         seed: int = 0,
         random_crop_scale: float | None = None,
+        caption_column: str | None = None,
     ):
+        if caption_column is not None and text_column not in ("caption", caption_column):
+            raise ValueError(
+                f"caption_column={caption_column!r} and text_column={text_column!r} name two caption columns; give "
+                "caption_column alone (text_column is its older name)."
+            )
+        text_column = caption_column or text_column
         if random_crop_scale is not None and not 0.0 < random_crop_scale <= 1.0:
             raise ValueError(f"random_crop_scale must be in (0, 1] (None disables it), got {random_crop_scale}.")
         self.random_crop_scale = random_crop_scale
         self.processor = processor
         self.image_column = image_column
-        self.text_column = text_column
+        self.text_column = self.caption_column = text_column
         self.captions_column = captions_column
         self.sample_captions = sample_captions
         self.max_length = max_length
@@ -89,7 +98,8 @@ class VLPCollator:
                 return captions[int(torch.randint(len(captions), (), generator=self._generator))]
         if self.text_column not in row:
             raise KeyError(
-                f"Row {index} of the batch has no {self.text_column!r} column (text_column); it has {sorted(row)}."
+                f"Row {index} of the batch has no {self.text_column!r} column (the caption_column); it has "
+                f"{sorted(row)}: pass caption_column=NAME."
             )
         return row[self.text_column]
 
@@ -202,7 +212,7 @@ class VLPPretrainingCollator(VLPCollator):
             normalized boxes (or of `.npy` files under `<column>_file`).
         region_class_scores_column, region_labels_column (`str`): Row keys of the detector's `(N_i, C)` class
             scores and `(N_i,)` labels, the targets of masked region classification; used when every row has them.
-        collator_kwargs: Every `VLPCollator` argument (`image_column`, `text_column`, `captions_column`,
+        collator_kwargs: Every `VLPCollator` argument (`image_column`, `caption_column`, `captions_column`,
             `sample_captions`, `max_length`, `padding`, `passthrough_columns`, `seed`).
 
     Returns (per call):

@@ -15,6 +15,7 @@ fill it (`modeling_vlp.families`).
 import inspect
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,11 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import ModelOutput
 
+from .accumulation import (
+    accumulate_contrastive_gradients,
+    split_batch,
+    warn_gradient_accumulation_with_itc,
+)
 from .distributed import (
     all_gather_features,
     all_gather_padded,
@@ -55,6 +61,12 @@ class VLPObjectiveArguments:
     momentum_distill: (fusion models) ALBEF's momentum distillation: an EMA copy of the model gives soft ITC and MLM
         targets, mixed with the one-hot ones with weight `distill_alpha`, and its features fill queues of `queue_size`
         extra contrastive negatives. `momentum` is the EMA decay per optimizer step.
+    accum_freq: open_clip's `--accum-freq`: each optimizer step draws `accum_freq` batches of the per-device batch
+        size B (the dataloader yields K x B rows) and computes one contrastive loss over all K x B pairs (gathered
+        across ranks), keeping only one micro-batch's graph in memory at a time (`accumulation.py`): the contrastive
+        batch of K x B without its activations. Needs `itc`; `lm`, `mlm`, `mim` may come with it (their losses are
+        averaged over the micro-batches), `itm` may not. Unlike `gradient_accumulation_steps`, whose K batches never
+        meet as negatives.
     """
 
     objectives: dict[str, float] = field(default_factory=lambda: {"itc": 1.0})
@@ -66,6 +78,7 @@ class VLPObjectiveArguments:
     momentum: float = 0.995
     distill_alpha: float = 0.4
     queue_size: int = 4096
+    accum_freq: int = 1
     # Set by VLPTrainer when `momentum_distill` is on: the EMA teacher and its queues (momentum.py).
     distiller: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -85,7 +98,24 @@ class VLPObjectiveArguments:
         negative = {name: weight for name, weight in self.objectives.items() if weight < 0}
         if negative:
             raise ValueError(f"Objective weights must be >= 0, got {negative}.")
+        if self.accum_freq < 1:
+            raise ValueError(f"`--accum-freq` must be >= 1, got {self.accum_freq}.")
+        if self.accum_freq > 1 and ("itc" not in self.objectives or not set(self.objectives) <= _ACCUMULATED):
+            raise ValueError(
+                f"`--accum-freq {self.accum_freq}` with a non-contrastive objective: got objectives "
+                f"{sorted(self.objectives)}; --accum-freq > 1 accepts 'itc', alone or with "
+                f"{sorted(_ACCUMULATED - {'itc'})} (averaged over the micro-batches; itm draws its negatives from the "
+                "whole batch)."
+            )
+        if self.accum_freq > 1 and self.momentum_distill:
+            raise ValueError(
+                f"`--accum-freq {self.accum_freq}` with --momentum-distill: the teacher's queue and soft targets are "
+                "not accumulated; --accum-freq > 1 accepts momentum_distill=False only."
+            )
 
+
+# The objectives `accum_freq > 1` trains: ITC over all micro-batches, the others per micro-batch.
+_ACCUMULATED = {"itc", "lm", "mlm", "mim"}
 
 ObjectiveFunction = Callable[[nn.Module, ModelOutput, dict[str, Any], VLPObjectiveArguments], torch.Tensor]
 PrepareFunction = Callable[[nn.Module, dict[str, Any], VLPObjectiveArguments], dict[str, Any]]
@@ -196,8 +226,10 @@ def fusion_itm_objective(
     For every image a negative caption, and for every caption a negative image, is drawn from the softmax of the
     ITC similarities against the whole gathered batch, never one of the same `image_id`. The unimodal states are
     gathered with their gradient, so a negative from another rank trains that rank's encoders too. The fusion layers
-    then read B positive and up to 2B negative pairs; the loss is the ITM head's cross-entropy over all of them."""
+    then read B positive and up to 2B negative pairs; the loss is the ITM head's cross-entropy over all of them.
+    A model without ITC head (`projection_dim=None`, LXMERT) draws its negatives uniformly instead, as LXMERT did."""
     outputs = outputs.fusion_output  # the base model's: unimodal states and ITC embeddings
+    has_itc = outputs.image_embeds is not None
     text_states, text_mask, image_states, image_mask = _unimodal_states(outputs)
     batch_size, device = text_states.shape[0], text_states.device
     image_ids = _image_ids(inputs, batch_size, device)
@@ -211,20 +243,23 @@ def fusion_itm_objective(
         all_image_states = all_gather_features(image_states, args.gather_with_grad)
         all_image_mask = all_gather_features(image_mask, gather_with_grad=False)
         all_image_ids = all_gather_features(image_ids, gather_with_grad=False)
-        all_image_embeds = all_gather_features(outputs.image_embeds.detach(), gather_with_grad=False)
-        all_text_embeds = all_gather_features(outputs.text_embeds.detach(), gather_with_grad=False)
+        if has_itc:
+            all_image_embeds = all_gather_features(outputs.image_embeds.detach(), gather_with_grad=False)
+            all_text_embeds = all_gather_features(outputs.text_embeds.detach(), gather_with_grad=False)
     else:
         all_text_states, all_text_mask, all_image_states, all_image_mask = text_states, text_mask, image_states, image_mask
         all_image_ids = image_ids
-        all_image_embeds, all_text_embeds = outputs.image_embeds.detach(), outputs.text_embeds.detach()
+        if has_itc:
+            all_image_embeds, all_text_embeds = outputs.image_embeds.detach(), outputs.text_embeds.detach()
     with torch.no_grad():
-        scale = outputs.logit_scale.detach()
-        negative_texts, has_text = sample_hard_negatives(
-            scale * outputs.image_embeds.detach() @ all_text_embeds.t(), image_ids, all_image_ids
-        )
-        negative_images, has_image = sample_hard_negatives(
-            scale * outputs.text_embeds.detach() @ all_image_embeds.t(), image_ids, all_image_ids
-        )
+        if has_itc:
+            scale = outputs.logit_scale.detach()
+            image_to_text = scale * outputs.image_embeds.detach() @ all_text_embeds.t()
+            text_to_image = scale * outputs.text_embeds.detach() @ all_image_embeds.t()
+        else:  # equal scores: a uniform draw among the other images' captions
+            image_to_text = text_to_image = torch.zeros(batch_size, all_image_ids.shape[0], device=device)
+        negative_texts, has_text = sample_hard_negatives(image_to_text, image_ids, all_image_ids)
+        negative_images, has_image = sample_hard_negatives(text_to_image, image_ids, all_image_ids)
     pair_text = [text_states, all_text_states[negative_texts[has_text]], text_states[has_image]]
     pair_text_mask = [text_mask, all_text_mask[negative_texts[has_text]], text_mask[has_image]]
     pair_image = [image_states, image_states[has_text], all_image_states[negative_images[has_image]]]
@@ -417,22 +452,120 @@ class _LossTracker:
         return {name: (totals[i] / totals[-1]).item() for i, name in enumerate(names)}
 
 
-class VLPTrainer(Trainer):
+# `(model, eval_dataset) -> {name: value}`: metrics of the whole evaluation set (retrieval, VQA accuracy, BLEU ...).
+ModelMetrics = Callable[[nn.Module, Any], dict[str, float]]
+
+
+class _Throughput(TrainerCallback):
+    """Times the training steps: the time from one step's end to the next step's beginning is spent waiting for data
+    (the Trainer fetches a step's batches there); logging, evaluation and checkpointing restart the clock and do not
+    count. On an accelerator the host clock reads queued work, so the figures are those the host sees."""
+
+    def __init__(self):
+        self.busy = self.wait = 0.0
+        self.steps = 0
+        self.last_end = self.begin = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_end = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.begin = time.perf_counter()
+        if self.last_end is not None:
+            self.wait += self.begin - self.last_end
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.last_end = time.perf_counter()
+        if self.begin is not None:
+            self.busy += self.last_end - self.begin
+            self.steps += 1
+
+    def _restart(self, args, state, control, **kwargs):
+        self.last_end = time.perf_counter()
+
+    on_log = on_evaluate = on_save = _restart
+
+    def pop(self, samples_per_step: int) -> dict[str, float]:
+        """`samples_per_second` and `data_wait_share` since the last call ({} before the first timed step)."""
+        total = self.busy + self.wait
+        if not self.steps or total <= 0:
+            return {}
+        logs = {"samples_per_second": self.steps * samples_per_step / total, "data_wait_share": self.wait / total}
+        self.busy = self.wait = 0.0
+        self.steps = 0
+        return logs
+
+
+class VLPReportingTrainer(Trainer):
+    """A `Trainer` that reports more: each evaluation also computes `compute_model_metrics(model, eval_dataset)` on
+    the whole evaluation dataset, and each training log carries the throughput since the last one.
+
+    `compute_model_metrics` receives the unwrapped model and the evaluation dataset as given (raw rows); its results
+    are logged and returned with the evaluation's prefix (`eval_rsum`, `eval_vqa_accuracy`, `eval_cider`, ...) next
+    to `eval_loss`, so `metric_for_best_model` / `load_best_model_at_end` can use them. Unlike `compute_metrics`, which
+    sees the gathered predictions of one forward per row, it can rank every image against every caption, re-rank with
+    a head or generate. Every rank computes it on the same data (same result on each). `last_model_metrics` keeps the
+    latest results without prefix.
+
+    Training logs add `samples_per_second` (samples of the global batch per second of step time since the last log)
+    and `data_wait_share` (the share of that time spent waiting for the next batch); the Trainer's own
+    `train_samples_per_second` comes at the end.
+    """
+
+    def __init__(self, *args, compute_model_metrics: ModelMetrics | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.compute_model_metrics = compute_model_metrics
+        self.last_model_metrics: dict[str, float] = {}
+        self._throughput = _Throughput()
+        self.add_callback(self._throughput)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            samples_per_step = self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            logs.update(self._throughput.pop(samples_per_step))
+        super().log(logs, start_time)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        dataset = getattr(dataloader, "dataset", None)
+        if self.compute_model_metrics is not None and dataset is not None:
+            model = self.accelerator.unwrap_model(self.model)
+            training = model.training
+            metrics = self.compute_model_metrics(model, dataset)
+            model.train(training)
+            self.last_model_metrics = {name: float(value) for name, value in metrics.items()}
+            prefixed = {f"{metric_key_prefix}_{name}": value for name, value in self.last_model_metrics.items()}
+            output.metrics.update(prefixed)
+        return output
+
+
+class VLPTrainer(VLPReportingTrainer):
     """A `Trainer` whose loss is the weighted sum of named pretraining objectives computed over the global batch.
 
     Logs `loss_<name>` next to `loss` (each the mean over the logging interval and the ranks) and
-    `eval_loss_<name>` next to `eval_loss`. Use `remove_unused_columns=False` with `VLPCollator`, which reads the raw
-    dataset rows. In `predict` / `compute_metrics` the predictions are `(image_embeds, text_embeds)` and the label ids
-    the batch's `image_id` when the collator passes one.
+    `eval_loss_<name>` next to `eval_loss`, with the model metrics and throughput of `VLPReportingTrainer`. It turns
+    `remove_unused_columns` off (saying so): `VLPCollator` reads the raw image and caption columns, and the
+    objectives read `image_id`. In `predict` / `compute_metrics` the predictions are `(image_embeds, text_embeds)` and
+    the label ids the batch's `image_id` when the collator passes one.
 
     Args:
         objective_args (`VLPObjectiveArguments`, *optional*): the objectives, their weights and the gather options;
             defaults to ITC alone with global negatives.
+        compute_model_metrics (`(model, eval_dataset) -> dict`, *optional*): metrics of each evaluation, e.g.
+            `lambda model, dataset: FAMILIES["dual"].evaluate(model, processor, dataset, 64)` (retrieval R@K, rsum).
         Every other argument is `transformers.Trainer`'s.
     """
 
     def __init__(self, *args, objective_args: VLPObjectiveArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.remove_unused_columns:
+            logger.info(
+                "VLPTrainer sets remove_unused_columns=False: the collator reads the raw image and caption columns "
+                "and the objectives read `image_id`, which the model's forward does not take."
+            )
+            self.args.remove_unused_columns = False
         self.objective_args = objective_args if objective_args is not None else VLPObjectiveArguments()
         # Our losses are per-batch means and never take `num_items_in_batch`: let the Trainer scale them for
         # gradient accumulation.
@@ -440,6 +573,9 @@ class VLPTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self._train_losses = _LossTracker()
         self._eval_losses = _LossTracker()
+        # --accum-freq K: the dataloader yields K x B rows, split into K micro-batches in `training_step`.
+        self._train_batch_size *= self.objective_args.accum_freq
+        warn_gradient_accumulation_with_itc(self.args.gradient_accumulation_steps, self.objective_args.objectives)
         if self.objective_args.momentum_distill:
             unwrapped = self.accelerator.unwrap_model(self.model)
             self.objective_args.distiller = MomentumDistiller(
@@ -489,6 +625,54 @@ class VLPTrainer(Trainer):
             self._eval_losses.add(losses, weight=_batch_size(inputs))
         outputs["loss"] = total
         return (total, outputs) if return_outputs else total
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        accum_freq = self.objective_args.accum_freq
+        if accum_freq == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # --accum-freq: one contrastive loss over the K micro-batches of this batch (accumulation.py).
+        if self.args.n_gpu > 1:
+            raise ValueError(
+                f"`--accum-freq {accum_freq}` with DataParallel ({self.args.n_gpu} GPUs in one process): launch one "
+                "process per GPU (torchrun / accelerate launch) instead."
+            )
+        model.train()
+        if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
+            self.optimizer.train()
+        inputs = self._prepare_inputs(inputs)
+        unwrapped_model, args = self.accelerator.unwrap_model(model), self.objective_args
+        objectives = resolve_objectives(unwrapped_model, args)
+        for objective in objectives.values():  # deterministic for the objectives accumulated (lm labels)
+            if objective.prepare is not None:
+                inputs = objective.prepare(unwrapped_model, inputs, args)
+        others = {name: objective for name, objective in objectives.items() if name != "itc"}
+        recorded = {name: [] for name in objectives}
+
+        def forward(batch):
+            with self.compute_loss_context_manager():
+                return model(**_forward_inputs(unwrapped_model, batch), return_dict=True)
+
+        def loss(outputs, batch):
+            with self.compute_loss_context_manager():
+                value = objectives["itc"].loss(unwrapped_model, outputs, batch, args)
+            recorded["itc"] = [value.detach()]
+            return args.objectives["itc"] * value
+
+        def micro_batch_loss(outputs, batch):
+            with self.compute_loss_context_manager():
+                losses = {name: other.loss(unwrapped_model, outputs, batch, args) for name, other in others.items()}
+            for name, value in losses.items():
+                recorded[name].append(value.detach())
+            return sum(args.objectives[name] * value for name, value in losses.items())
+
+        scale = 1 / getattr(self, "current_gradient_accumulation_steps", 1)
+        accumulate_contrastive_gradients(
+            split_batch(inputs, accum_freq), forward, loss, lambda value: self.accelerator.backward(scale * value),
+            no_sync=lambda: self.accelerator.no_sync(model), micro_batch_loss=micro_batch_loss if others else None,
+        )  # fmt: skip
+        means = {name: torch.stack(values).mean() for name, values in recorded.items()}
+        self._train_losses.add(means)
+        return scale * sum(args.objectives[name] * value for name, value in means.items())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # The Trainer's training logs carry "loss" (the mean since the last log): report each objective beside it.
@@ -542,6 +726,7 @@ __all__ = [
     "OBJECTIVE_DESCRIPTIONS",
     "Objective",
     "VLPObjectiveArguments",
+    "VLPReportingTrainer",
     "VLPTrainer",
     "compute_objective_losses",
     "itc_objective",

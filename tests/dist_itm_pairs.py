@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-from modeling_vlp.training.trainer import VLPObjectiveArguments, prepare_itm_pairs
+from modeling_vlp.training.family_objectives import prepare_itm_pairs, VLPObjectiveArguments
 
 
 def main(out_dir: str) -> None:

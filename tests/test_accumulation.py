@@ -16,7 +16,8 @@ from modeling_vlp import VLPDualEncoderModel, VLPForConditionalGeneration, VLPFu
 from modeling_vlp.commands import main
 from modeling_vlp.training.accumulation import split_batch
 from modeling_vlp.training.objectives import contrastive_loss
-from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
+from modeling_vlp.training.family_objectives import compute_objective_losses, VLPObjectiveArguments
+from modeling_vlp.training.trainer import VLPTrainer
 from vlp_testing import RowsDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")

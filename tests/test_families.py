@@ -20,7 +20,7 @@ from modeling_vlp.commands.evaluate import TASKS
 from modeling_vlp.families import FAMILIES, Family
 from modeling_vlp.hub import model_card_for_run, push_folder
 from modeling_vlp.registration import MODEL_CLASSES
-from modeling_vlp.training.trainer import OBJECTIVE_DESCRIPTIONS, OBJECTIVES
+from modeling_vlp.training.family_objectives import OBJECTIVE_DESCRIPTIONS, OBJECTIVES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,8 @@ from transformers import TrainingArguments
 from modeling_vlp import VLPFusionForPreTraining, get_preset_config
 from modeling_vlp.training.momentum import MOMENTUM_STATE_NAME, MomentumDistiller
 from modeling_vlp.training.objectives import sample_hard_negatives
-from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer, compute_objective_losses
+from modeling_vlp.training.family_objectives import compute_objective_losses, VLPObjectiveArguments
+from modeling_vlp.training.trainer import VLPTrainer
 
 from vlp_testing import RowsDataset
 
@@ -89,7 +90,7 @@ def test_itm_objective_fuses_positives_and_negatives_and_trains_every_part():
 def test_itm_objective_needs_the_unimodal_states():
     model = tiny_model()
     args = VLPObjectiveArguments(objectives=["itm"])
-    from modeling_vlp.training.trainer import fusion_itm_objective
+    from modeling_vlp.training.family_objectives import fusion_itm_objective
 
     outputs = model(**{k: v for k, v in make_batch(model).items() if k != "image_id"})
     outputs.fusion_output["text_unimodal_state"] = None

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modeling_vlp.training.objectives import sample_itm_negatives
-from modeling_vlp.training.trainer import VLPObjectiveArguments, prepare_itm_pairs
+from modeling_vlp.training.family_objectives import prepare_itm_pairs, VLPObjectiveArguments
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,8 @@ from modeling_vlp.modeling_captioning import (
     VLPForConditionalGeneration,
 )
 from modeling_vlp.presets import get_preset_config
-from modeling_vlp.training.trainer import (
-    VLPObjectiveArguments,
-    VLPTrainer,
-    compute_objective_losses,
-)
+from modeling_vlp.training.family_objectives import compute_objective_losses, VLPObjectiveArguments
+from modeling_vlp.training.trainer import VLPTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

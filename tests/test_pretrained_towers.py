@@ -23,7 +23,8 @@ from modeling_vlp.commands.common import (
 )
 from modeling_vlp.modeling_dual_encoder import tower_groups
 from modeling_vlp.training.collators import VLPCollator
-from modeling_vlp.training.trainer import VLPObjectiveArguments, VLPTrainer
+from modeling_vlp.training.family_objectives import VLPObjectiveArguments
+from modeling_vlp.training.trainer import VLPTrainer
 from vlp_testing import make_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")

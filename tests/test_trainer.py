@@ -16,7 +16,8 @@ import modeling_vlp  # noqa: F401  (registers the Auto classes)
 from modeling_vlp import VLPDualEncoderModel, get_preset_config
 from modeling_vlp.training.collators import VLPCollator
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
-from modeling_vlp.training.trainer import OBJECTIVES, VLPObjectiveArguments, VLPTrainer, compute_objective_losses
+from modeling_vlp.training.family_objectives import OBJECTIVES, compute_objective_losses, VLPObjectiveArguments
+from modeling_vlp.training.trainer import VLPTrainer
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

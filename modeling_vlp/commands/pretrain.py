@@ -16,11 +16,8 @@ from transformers import HfArgumentParser, TrainerState, TrainingArguments, set_
 from ..families import FAMILIES
 from ..presets import get_preset_config
 from ..training.collators import VLPCollator, VLPPretrainingCollator
-from ..training.trainer import (
-    VLPObjectiveArguments,
-    VLPTrainer,
-    resolve_objectives,
-)
+from ..training.family_objectives import resolve_objectives, VLPObjectiveArguments
+from ..training.trainer import VLPTrainer
 from .arguments import CPU_TRAINING_DEFAULTS, PretrainArguments
 from .common import (
     EVAL_RESULTS_NAME,

@@ -25,7 +25,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 
 from ..families import TOWERS, family_of
-from ..training.trainer import OBJECTIVE_DESCRIPTIONS
+from ..training.family_objectives import OBJECTIVE_DESCRIPTIONS
 
 logger = logging.getLogger("modeling_vlp.conversion.hub")
 

@@ -1,5 +1,5 @@
-"""Training: `VLPTrainer` (a transformers `Trainer`) and its objectives over the global batch (`trainer`,
-`objectives`), the data collators and masking (`collators`, `masking`), momentum distillation (`momentum`), a
+"""Training: `VLPTrainer` (a transformers `Trainer`, `trainer`), each family's objectives (`family_objectives`) and
+their global-batch parts (`objectives`), the data collators and masking (`collators`, `masking`), momentum distillation (`momentum`), a
 contrastive batch larger than memory (`accumulation`, `--accum-freq`) and the torch.distributed helpers
 (`distributed`)."""
 
@@ -35,11 +35,9 @@ from .objectives import (
     sample_hard_negatives,
     sample_itm_negatives,
 )
-from .trainer import (
+from .family_objectives import (
     Objective,
     VLPObjectiveArguments,
-    VLPReportingTrainer,
-    VLPTrainer,
     captioning_itc_objective,
     compute_objective_losses,
     fusion_itc_objective,
@@ -51,6 +49,7 @@ from .trainer import (
     prepare_lm_labels,
     resolve_objectives,
 )
+from .trainer import VLPReportingTrainer, VLPTrainer
 
 __all__ = [
     "MOMENTUM_STATE_NAME",

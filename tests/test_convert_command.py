@@ -3,18 +3,15 @@ options, the same output, and a usage line naming every source kind."""
 
 import pytest
 import torch
-from transformers import AutoModel, CLIPConfig, CLIPModel
+from transformers import AutoModel, CLIPModel
 
 from modeling_vlp.commands import main
 from modeling_vlp.commands.convert import CONVERTERS
+from vlp_testing import tiny_clip_config
 
 
 def test_vlp_convert_runs_the_converter_of_the_source_kind(tmp_path, capsys):
-    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(
-        text_config=dict(tower, vocab_size=49408, max_position_embeddings=16),
-        vision_config=dict(tower, image_size=32, patch_size=16), projection_dim=16,
-    )  # fmt: skip
+    config = tiny_clip_config()
     torch.manual_seed(0)
     source = CLIPModel(config).eval()
     source.save_pretrained(tmp_path / "source")

@@ -25,7 +25,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.utils import get_session
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoProcessor, CLIPConfig, CLIPModel, Trainer, TrainingArguments, pipeline
+from transformers import AutoProcessor, CLIPModel, Trainer, TrainingArguments, pipeline
 
 import modeling_vlp  # noqa: F401  (registers the Auto classes)
 from modeling_vlp import VLPDualEncoderModel, get_preset_config
@@ -35,6 +35,7 @@ from modeling_vlp.conversion import convert_clip
 from modeling_vlp.processors import VLPImageProcessor, VLPProcessor, VLPTokenizer
 
 from hub_server import DEFAULT_TOKEN, DEFAULT_USER, LocalHub
+from vlp_testing import tiny_clip_config
 
 
 pytestmark = [
@@ -381,11 +382,7 @@ def test_push_command_never_shows_the_token(saved_dual, tmp_path, legacy_hub, ca
 
 
 def test_convert_clip_pushes_a_card_with_the_measured_parity(tmp_path, legacy_hub, capsys):
-    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(
-        text_config=dict(tower, vocab_size=49408, max_position_embeddings=77),
-        vision_config=dict(tower, image_size=32, patch_size=16), projection_dim=16,
-    )  # fmt: skip
+    config = tiny_clip_config(max_position_embeddings=77)
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(tmp_path / "source")  # no processor: the converter's defaults
     status = convert_clip.main([

@@ -13,7 +13,7 @@ import modeling_vlp  # noqa: F401  (registers the Auto classes)
 from modeling_vlp.commands import main
 from modeling_vlp.evaluation import captioning
 from modeling_vlp.families import FAMILIES
-from vlp_testing import save_tiny_checkpoint
+from vlp_testing import save_tiny_checkpoint, tiny_clip_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,15 +103,11 @@ def test_a_fusion_model_without_itc_head_trains_itm_and_mlm(tmp_path, capsys):
 
 def test_pretrain_starts_from_a_converted_clip(tmp_path, capsys):
     """`vlp convert clip` then `vlp pretrain --model`: the converted weights, CLIP's tokenizer and image processing."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from modeling_vlp.conversion import common
 
-    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(
-        text_config=dict(tower, vocab_size=49408, max_position_embeddings=16),
-        vision_config=dict(tower, image_size=32, patch_size=16), projection_dim=16,
-    )  # fmt: skip
+    config = tiny_clip_config()
     torch.manual_seed(0)
     source = tmp_path / "source"
     CLIPModel(config).save_pretrained(source)

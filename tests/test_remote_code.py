@@ -17,9 +17,10 @@ from modeling_vlp.registration import MODEL_CLASSES
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # family: (preset, model class, line budget of the shipped .py files). Budgets are the figures at the config split
-# (dual 1523, fusion 2445, unified 2155, captioning 2247 lines) plus about 10%.
+# (dual 1523, fusion 2445, unified 2155, captioning 2247 lines) plus about 10%; the dual encoder's was raised to its
+# 1676 lines with pretrained towers, locking and patch dropout (issue 14) plus 10%.
 FAMILIES = {
-    "dual": ("dual-tiny", "VLPDualEncoderModel", 1680),
+    "dual": ("dual-tiny", "VLPDualEncoderModel", 1850),
     "fusion": ("fusion-tiny", "VLPFusionForPreTraining", 2700),
     "unified": ("unified-tiny", "VLPUnifiedForPreTraining", 2380),
     "captioning": ("captioning-tiny", "VLPForConditionalGeneration", 2480),

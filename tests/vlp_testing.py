@@ -62,3 +62,15 @@ def save_tiny_checkpoint(folder, name: str, role: str = "pretraining", **config_
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return model
+
+
+def tiny_clip_config(max_position_embeddings: int = 16):
+    """A 2-layer, width-32 transformers CLIPConfig with CLIP's own vocabulary (so its BPE tokenizer fits), 32px
+    images in 16px patches: the source model of the conversion tests."""
+    from transformers import CLIPConfig
+
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    return CLIPConfig(
+        text_config=dict(tower, vocab_size=49408, max_position_embeddings=max_position_embeddings),
+        vision_config=dict(tower, image_size=32, patch_size=16), projection_dim=16,
+    )  # fmt: skip

@@ -288,9 +288,6 @@ class Family:
     def roles_of(self, class_name: str | None) -> list[str]:
         return [role for role, cls in self.classes.items() if cls.__name__ == class_name]
 
-    def role_of(self, class_name: str | None) -> str | None:
-        return next(iter(self.roles_of(class_name)), None)
-
     def pipeline_tag(self, class_name: str | None) -> str:
         """The tag of the first role of the class that has one (a class may serve two roles), else the "*" tag."""
         tagged = [self.pipeline_tags[role] for role in self.roles_of(class_name) if role in self.pipeline_tags]
@@ -438,7 +435,11 @@ class Tower:
 
     summary: str
     describe: Callable[[Mapping], list[str]]
-    pipeline_tag: str
+    tag: str
+
+    def pipeline_tag(self, class_name: str | None) -> str:
+        """The same as `Family.pipeline_tag`: one tag, whichever tower class saved it."""
+        return self.tag
 
 
 TOWERS: dict[str, Tower] = {
@@ -451,6 +452,11 @@ TOWERS: dict[str, Tower] = {
         lambda config: [f"Text encoder: {_describe_text(config)}."], "feature-extraction",
     ),
 }  # fmt: skip
+
+
+def described(config: Mapping) -> Family | Tower | None:
+    """The family or tower a config.json dict belongs to (what its model card says), None for other models."""
+    return family_of(config) or TOWERS.get(config.get("model_type"))
 
 
 def family_of(model_or_config) -> Family | None:

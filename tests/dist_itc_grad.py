@@ -32,21 +32,22 @@ CASES = {
 }
 
 
-def make_batch(config) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1234)
+def make_batch(config, batch_size: int = GLOBAL_BATCH, seed: int = 1234, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """Seeded image-caption rows for a dual encoder's `config`: bos ... eos captions of random lengths, padded."""
+    generator = torch.Generator().manual_seed(seed)
     text = config.text_config
     image_size = config.vision_config.image_size
-    input_ids = torch.randint(5, text.vocab_size, (GLOBAL_BATCH, SEQUENCE_LENGTH), generator=generator)
+    input_ids = torch.randint(5, text.vocab_size, (batch_size, SEQUENCE_LENGTH), generator=generator)
     input_ids[:, 0] = text.bos_token_id
-    lengths = torch.randint(4, SEQUENCE_LENGTH + 1, (GLOBAL_BATCH,), generator=generator)
+    lengths = torch.randint(4, SEQUENCE_LENGTH + 1, (batch_size,), generator=generator)
     attention_mask = (torch.arange(SEQUENCE_LENGTH)[None] < lengths[:, None]).long()
-    input_ids[torch.arange(GLOBAL_BATCH), lengths - 1] = text.eos_token_id
+    input_ids[torch.arange(batch_size), lengths - 1] = text.eos_token_id
     input_ids = input_ids.masked_fill(attention_mask == 0, text.pad_token_id)
     return {
-        "pixel_values": torch.randn(GLOBAL_BATCH, 3, image_size, image_size, generator=generator, dtype=torch.float64),
+        "pixel_values": torch.randn(batch_size, 3, image_size, image_size, generator=generator, dtype=dtype),
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "image_id": torch.arange(GLOBAL_BATCH),
+        "image_id": torch.arange(batch_size),
     }
 
 

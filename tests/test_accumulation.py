@@ -18,11 +18,11 @@ from modeling_vlp.training.accumulation import split_batch
 from modeling_vlp.training.objectives import contrastive_loss
 from modeling_vlp.training.family_objectives import compute_objective_losses, VLPObjectiveArguments
 from modeling_vlp.training.trainer import VLPTrainer
+from dist_itc_grad import make_batch
 from vlp_testing import RowsDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SEQUENCE_LENGTH = 10
 
 
 def tiny_model(loss_type: str = "softmax", dropout: float = 0.0, dtype=torch.float32) -> VLPDualEncoderModel:
@@ -31,24 +31,6 @@ def tiny_model(loss_type: str = "softmax", dropout: float = 0.0, dtype=torch.flo
     config = get_preset_config("dual-tiny", vision_config=tower, text_config=tower, **overrides)
     torch.manual_seed(0)
     return VLPDualEncoderModel(config).to(dtype)
-
-
-def make_batch(config, batch_size: int, seed: int = 1234, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    text = config.text_config
-    image_size = config.vision_config.image_size
-    input_ids = torch.randint(5, text.vocab_size, (batch_size, SEQUENCE_LENGTH), generator=generator)
-    input_ids[:, 0] = text.bos_token_id
-    lengths = torch.randint(4, SEQUENCE_LENGTH + 1, (batch_size,), generator=generator)
-    attention_mask = (torch.arange(SEQUENCE_LENGTH)[None] < lengths[:, None]).long()
-    input_ids[torch.arange(batch_size), lengths - 1] = text.eos_token_id
-    input_ids = input_ids.masked_fill(attention_mask == 0, text.pad_token_id)
-    return {
-        "pixel_values": torch.randn(batch_size, 3, image_size, image_size, generator=generator, dtype=dtype),
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "image_id": torch.arange(batch_size),
-    }
 
 
 def training_args(tmp_path, **overrides) -> TrainingArguments:

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard_data import EvalResult
 
-from ..families import TOWERS, family_of
+from ..families import described
 from ..training.family_objectives import OBJECTIVE_DESCRIPTIONS
 
 logger = logging.getLogger("modeling_vlp.conversion.hub")
@@ -63,20 +63,17 @@ def count_parameters(folder: str) -> int | None:
 
 def pipeline_tag_for(config: Mapping) -> str:
     """The Hub pipeline tag of a saved model: its family's tag for the saved class (`FAMILIES[...].pipeline_tags`)."""
+    description = described(config)
     architecture = (config.get("architectures") or [None])[0]
-    family = family_of(config)
-    if family is not None:
-        return family.pipeline_tag(architecture)
-    tower = TOWERS.get(config.get("model_type"))
-    return tower.pipeline_tag if tower is not None else "feature-extraction"
+    return description.pipeline_tag(architecture) if description is not None else "feature-extraction"
 
 
 def describe_architecture(config: Mapping) -> list[str]:
     """Bullet points on the architecture, read from config.json (the family's `describe`)."""
     model_type = config.get("model_type")
-    described = family_of(config) or TOWERS.get(model_type)
-    if described is not None:
-        lines = described.describe(config)
+    description = described(config)
+    if description is not None:
+        lines = description.describe(config)
     else:
         sizes = {key: config[key] for key in ("hidden_size", "num_hidden_layers") if key in config}
         lines = [f"`{model_type}` model; {', '.join(f'{k} {v}' for k, v in sizes.items()) or 'sizes unknown'}."]
@@ -239,8 +236,8 @@ def build_model_card(
         eval_results=results,
     )
 
-    described = family_of(config) or TOWERS.get(model_type)
-    family = described.summary if described is not None else f"`{model_type}` model"
+    description = described(config)
+    family = description.summary if description is not None else f"`{model_type}` model"
     num_parameters = count_parameters(folder)
     size = f"{num_parameters / 1e6:.2f}M-parameter " if num_parameters is not None else ""
     body = [f"# {name}", "", f"A {size}vision-language {family}, saved with `modeling_vlp` as a transformers "

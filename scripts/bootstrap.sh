@@ -19,3 +19,9 @@ if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
     .venv/bin/pip install -q "${pin[@]}" "torch==2.14.1" "torchvision==0.29.1"
 fi
 .venv/bin/pip install -q "${pin[@]}" -e ".[dev]"
+# The ALBEF converter's reference implementation pins packages that conflict with ours (attrs, DALL-E) but needs only
+# torch and torchvision: installed without its dependencies, at the pinned version.
+# CLIP_benchmark (the reference of the retrieval metrics) likewise: its other dependencies are only for datasets.
+if [ -n "$CONSTRAINTS" ] && ! .venv/bin/python -c "import torchmultimodal, clip_benchmark" >/dev/null 2>&1; then
+    .venv/bin/pip install -q "${pin[@]}" --no-deps torchmultimodal-nightly clip-benchmark
+fi

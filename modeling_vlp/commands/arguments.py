@@ -1,6 +1,7 @@
 """The options of `vlp pretrain` (shared by `vlp finetune` and `vlp evaluate`), the CPU-sized training defaults and
 `run_subcommand`, the dispatch of `vlp COMMAND` and `vlp convert SOURCE_KIND`."""
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,41 @@ class PretrainArguments:
     dataset: str | None = field(
         default=None,
         metadata={
-            "help": "Local image-text corpus: imagefolder with metadata.jsonl/csv, parquet, webdataset .tar shards or "
-            "a save_to_disk folder. Default: the embedded generated scenes dataset."
+            "help": "Image-text corpus: imagefolder with metadata.jsonl/csv, parquet, webdataset .tar shards, a "
+            "save_to_disk folder, or webdataset URL patterns as open_clip's --train-data ('DIR/{00000..00999}.tar', "
+            "several joined with '::', 'pipe:COMMAND'), which are streamed. Default: the embedded scenes dataset."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read --dataset as a stream, without loading or caching it first (parquet, imagefolder through "
+            "datasets' streaming; webdataset shards and URL patterns always stream)."
+        },
+    )
+    dataset_resampled: bool = field(
+        default=False,
+        metadata={"help": "Draw the shards of each pass with replacement (open_clip's --dataset-resampled)."},
+    )
+    train_num_samples: int | None = field(
+        default=None,
+        metadata={"help": "Rows of one epoch of a streamed --dataset (open_clip's --train-num-samples), for the logs."},
+    )
+    dataset_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Mix the '::'-separated sources of --dataset with these weights, '::'- or comma-separated "
+            "(e.g. --dataset 'a/{0..9}.tar::b/{0..4}.tar' --dataset-weights 1::3)."
+        },
+    )
+    shuffle_buffer: int = field(
+        default=1000, metadata={"help": "Samples shuffled together inside each shard of a streamed --dataset."}
+    )
+    max_bad_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "Stop when more than this share of the training rows read (judged after 1000) cannot be used "
+            "(undecodable or missing image, empty or non-text caption); such rows are skipped and counted."
         },
     )
     image_column: str | None = field(default=None, metadata={"help": "Image column of --dataset (default: detected)."})
@@ -93,6 +127,10 @@ class PretrainArguments:
     )
     momentum: float = field(default=0.995, metadata={"help": "EMA decay of the momentum teacher per step."})
     distill_alpha: float = field(default=0.4, metadata={"help": "Weight of the teacher's soft targets."})
+    distill_warmup_steps: int | None = field(
+        default=None,
+        metadata={"help": "Optimizer steps over which the soft targets' weight ramps from 0 (ALBEF; default one epoch)."},
+    )
     queue_size: int = field(default=4096, metadata={"help": "Teacher features kept as extra ITC negatives."})
     local_loss: bool = field(
         default=False, metadata={"help": "Contrastive loss over the local rows of the global similarity matrix only."}
@@ -211,7 +249,9 @@ CPU_TRAINING_DEFAULTS = dict(
     save_total_limit=2,
     report_to="none",
     remove_unused_columns=False,
-    dataloader_num_workers=0,
+    # Images are decoded and resized in DataLoader workers, one per core the training process leaves (up to 8).
+    dataloader_num_workers=min(8, max(1, (os.cpu_count() or 2) - 1)),
+    dataloader_persistent_workers=True,
     dataloader_drop_last=True,
     ddp_find_unused_parameters=False,
     dataloader_pin_memory=torch.cuda.is_available(),
@@ -223,6 +263,12 @@ FINETUNE_DEFAULTS = dict(
     CPU_TRAINING_DEFAULTS, max_steps=600, learning_rate=3e-4, warmup_steps=0.1, eval_strategy="steps",
     eval_steps=200, save_steps=200, weight_decay=0.01, dataloader_drop_last=False,
 )  # fmt: skip
+
+
+def settle_worker_options(training_args) -> None:
+    """`--dataloader-num-workers 0` turns the default persistent workers off (torch refuses them without workers)."""
+    if training_args.dataloader_num_workers == 0:
+        training_args.dataloader_persistent_workers = False
 
 
 def run_subcommand(

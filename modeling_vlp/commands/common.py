@@ -5,10 +5,14 @@ line, a pretrained text tower, pushing a finished run and logging."""
 import json
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 
+import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedConfig, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.trainer_pt_utils import safe_globals
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.local import (
@@ -16,7 +20,10 @@ from ..data.local import (
     load_region_text_dataset,
     pick_eval_split,
 )
+from ..data.rows import NOT_TEXT, usable_rows
 from ..data.scenes import make_scenes_dataset
+from ..data.sources import load_training_data
+from ..data.streaming import ImageTextStream, stream_captions
 from ..families import FAMILIES, FAMILIES_BY_MODEL_TYPE, family_of
 from ..hub.card import model_card_for_run
 from ..hub.push import (
@@ -39,8 +46,9 @@ EVAL_RESULTS_NAME = "eval_results.json"
 
 
 def find_resume_checkpoint(output_dir: str) -> str | None:
-    """The newest complete `checkpoint-N` in `output_dir`. The Trainer writes `trainer_state.json` last, so a
-    checkpoint without it was interrupted while saving and is skipped."""
+    """The newest complete `checkpoint-N` in `output_dir` that `checkpoint_problem` finds whole. The Trainer writes
+    `trainer_state.json` last, so a checkpoint without it was interrupted while saving; one whose files cannot be read
+    (truncated, empty) is skipped too, each with one log line, and the previous one is used."""
     if not os.path.isdir(output_dir):
         return None
     steps = []
@@ -50,9 +58,38 @@ def find_resume_checkpoint(output_dir: str) -> str | None:
             steps.append(int(step))
     for step in sorted(steps, reverse=True):
         path = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
-        if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return path
-        logger.warning("Skipping %s: it has no %s (interrupted while saving).", path, TRAINER_STATE_NAME)
+        logger.warning("Skipping %s: %s.", path, problem)
+    return None
+
+
+# What reading a damaged file raises: json (ValueError), safetensors, torch.load (RuntimeError, pickle, EOF), the OS.
+UNREADABLE = (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError)
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why the Trainer could not resume from the checkpoint folder `path`, or None: it needs `trainer_state.json`,
+    and every file it would read must be whole: each JSON file parses, each safetensors file is as long as its header
+    says, each torch file (optimizer, scheduler, scaler, RNG, data states) loads with `weights_only=True`."""
+    if not os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+        return f"it has no {TRAINER_STATE_NAME} (interrupted while saving)"
+    for name in sorted(os.listdir(path)):
+        file = os.path.join(path, name)
+        try:
+            if name.endswith(".json"):
+                with open(file, encoding="utf-8") as handle:
+                    json.load(handle)
+            elif name.endswith(".safetensors"):
+                with safe_open(file, "pt"):
+                    pass
+            elif name.endswith((".pt", ".pth")):
+                with safe_globals():
+                    torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except UNREADABLE as error:
+            reason = " ".join(str(error).split()).split(". ")[0][:160] or type(error).__name__
+            return f"{name} cannot be read ({os.path.getsize(file)} bytes: {reason})"
     return None
 
 
@@ -64,8 +101,19 @@ def checkpoint_step(checkpoint: str) -> int:
 
 def load_datasets(args: PretrainArguments, image_size: int, seed: int, region_features: int = 0):
     """(train split, eval split) of the embedded scenes dataset (with `region_features`-dimensional synthetic region
-    features when > 0) or of `--dataset`."""
+    features when > 0) or of `--dataset`. The train split is an `ImageTextStream` when `--dataset` streams (webdataset
+    shards and URL patterns, `--streaming`), else a `datasets.Dataset`; the eval split is always materialized, without
+    its unusable rows."""
 
+    if args.dataset is not None and not region_features:
+        try:
+            return load_training_data(
+                args.dataset, args.num_validation, seed, streaming=args.streaming, resampled=args.dataset_resampled,
+                samples_per_epoch=args.train_num_samples, weights=args.dataset_weights,
+                shuffle_buffer=args.shuffle_buffer, image_column=args.image_column, text_column=args.text_column,
+            )  # fmt: skip
+        except LookupError:  # a materialized corpus
+            pass
     if args.dataset is None:
         splits = make_scenes_dataset(
             args.num_train, args.num_validation, image_size=image_size, seed=seed, region_features=region_features
@@ -74,15 +122,22 @@ def load_datasets(args: PretrainArguments, image_size: int, seed: int, region_fe
         splits = load_region_text_dataset(args.dataset, text_column=args.text_column)
     else:
         splits = load_image_text_dataset(args.dataset, image_column=args.image_column, text_column=args.text_column)
-    return held_out_split(splits, args.num_validation, seed)
+    train, evaluation = held_out_split(splits, args.num_validation, seed)
+    if args.dataset is not None and not region_features:
+        evaluation, _ = usable_rows(evaluation, "evaluation split")
+    return train, evaluation
 
 
 def _train_captions(train_dataset) -> list[str]:
+    if isinstance(train_dataset, ImageTextStream):
+        return stream_captions(train_dataset)
     columns = [name for name in ("captions", "caption", "question") if name in train_dataset.column_names][:1]
     texts = []
     for row in train_dataset.select_columns(columns):
         value = row[columns[0]]
-        texts.extend(value if isinstance(value, list) else [value])
+        # Captions the training stream will skip (null, blank, not text) do not shape the vocabulary either.
+        texts.extend(text for text in (value if isinstance(value, list) else [value])
+                     if isinstance(text, str) and text.strip() and text != NOT_TEXT)  # fmt: skip
     return texts
 
 
@@ -106,7 +161,7 @@ def build_processor(
     image_processor = VLPImageProcessor(
         size={"height": image_size, "width": image_size}, do_center_crop=False,
         crop_size={"height": image_size, "width": image_size},
-        **vision_model_processing(getattr(args, "vision_model", None)),
+        **{"resize_backend": "torchvision", **vision_model_processing(getattr(args, "vision_model", None))},
     )  # fmt: skip
     return VLPProcessor(image_processor, tokenizer)
 
@@ -416,12 +471,15 @@ def load_model_for_pretraining(family, model: str, config=None):
 def split_push_arguments(argv: Sequence[str]):
     """(push options, the rest of argv): `--push-to-hub REPO_ID` and its companions (see `vlp push --help`) are ours,
     not TrainingArguments' (whose boolean --push-to-hub would push from `save_model`, before the evaluation exists,
-    and whose --hub-token would be pickled into every checkpoint's training_args.bin)."""
+    and whose --hub-token would be pickled into every checkpoint's training_args.bin). Every spelling of the token
+    option is ours: --hub-token, --hub_token, and abbreviations that TrainingArguments' parser would accept."""
     import argparse
 
 
     parser = add_push_arguments(argparse.ArgumentParser(add_help=False, allow_abbrev=False))
-    push_args, rest = parser.parse_known_args(list(argv))
+    argv = ["--hub-token" + item[len(name):] if len(name) > len("--hub_") and "--hub_token".startswith(name) else item
+            for item in argv for name in [item.split("=", 1)[0].replace("-", "_").replace("__", "--", 1)]]  # fmt: skip
+    push_args, rest = parser.parse_known_args(argv)
     return (push_args if push_args.push_to_hub else None), rest
 
 

@@ -32,6 +32,7 @@ from ..data.local import (
     load_region_text_dataset,
     pick_eval_split,
 )
+from ..data.rows import usable_rows
 from ..data.scenes import (
     ZERO_SHOT_TEMPLATES,
     make_scenes_dataset,
@@ -43,14 +44,20 @@ from ..evaluation.embeddings import (
     encode_images,
     encode_texts,
     retrieval_texts,
+    zero_shot_class_labels,
 )
 from ..evaluation.matching import fusion_rerank_scores, image_text_match_matrix
 from ..evaluation.metrics import load_metric
-from ..evaluation.ranking import retrieval_chance_levels, retrieval_metrics
+from ..evaluation.ranking import (
+    majority_class_accuracy,
+    retrieval_chance_levels,
+    retrieval_metrics,
+    retrieval_tie_counts,
+)
 from ..evaluation.visualize import (
     caption_grid,
     confusion_matrix_image,
-    retrieval_grid,
+    retrieval_report,
     vqa_grid,
 )
 from ..evaluation.vqa import vqa_metrics, vqa_predictions, vqa_score
@@ -96,24 +103,23 @@ def _retrieval_png(run: EvaluationRun, image_text_scores: torch.Tensor, texts, t
 
     if "image" not in run.dataset.column_names:
         return None  # region features only: nothing to draw
-    count = min(PNG_ROWS, image_text_scores.shape[0])
-    ranked, correct = [], []
-    for image in range(count):
-        top = image_text_scores[image].topk(min(3, len(texts))).indices.tolist()
-        ranked.append([(texts[j], float(image_text_scores[image, j])) for j in top])
-        correct.append([text_to_image[j] == image for j in top])
-    images = [run.dataset[index]["image"] for index in range(count)]
-    retrieval_grid(images, ranked, correct, run.png_path, title=title)
+    # Queries spread over the ranks their own captions got (hits and misses), not the first rows.
+    retrieval_report(
+        lambda index: run.dataset[index]["image"], image_text_scores, texts, text_to_image, run.png_path,
+        title=title, count=PNG_ROWS,
+    )  # fmt: skip
     return run.png_path
 
 
 def _retrieval_metrics(text_image_scores, text_to_image, image_text_scores=None) -> dict[str, float]:
-    """The `vlp_retrieval` metric over one score row per text (its scores for every image)."""
+    """The `vlp_retrieval` metric over one score row per text (its scores for every image), and how many queries
+    a tie decided (`i2t_tied_queries`, `t2i_tied_queries`; counted as misses)."""
 
     metric = load_metric("vlp_retrieval")
     metric.add_batch(scores=text_image_scores.numpy(), image_index=list(text_to_image))
     extra = {} if image_text_scores is None else {"image_to_text_scores": image_text_scores.numpy()}
-    return metric.compute(**extra)
+    i2t_scores = text_image_scores.T if image_text_scores is None else image_text_scores
+    return {**metric.compute(**extra), **retrieval_tie_counts(i2t_scores, text_to_image, text_image_scores)}
 
 
 def run_retrieval(run: EvaluationRun) -> dict:
@@ -210,6 +216,7 @@ def run_zero_shot(run: EvaluationRun) -> dict:
     metrics = metric.compute()
     for k in (1, 5):
         metrics[f"chance_top{k}"] = 100.0 * min(k, len(class_names)) / len(class_names)
+    metrics["majority_class_accuracy"] = majority_class_accuracy(labels, len(class_names))  # of this split
     metrics.update(num_classes=len(class_names), num_images=len(dataset), num_texts=len(class_names) * len(ZERO_SHOT_TEMPLATES))
     predictions = logits.argmax(dim=-1).tolist()
     confusion_matrix_image(labels, predictions, class_names, run.png_path, title=f"{args.model} zero-shot")
@@ -416,6 +423,8 @@ def _local_split(args, task: Task, config):
     except ValueError as error:  # datasets' own errors do not say which path they are about
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(message if args.dataset in message else f"--dataset {args.dataset!r}: {message}") from error
+    if args.task == "zero-shot":  # class names from every split, not only the evaluated one
+        splits = zero_shot_class_labels(splits, args.label_column)
     if args.split is not None:
         if args.split not in splits:
             raise ValueError(f"--split {args.split!r} is not a split of {args.dataset!r}; splits found: {list(splits)}")
@@ -441,6 +450,13 @@ def _local_split(args, task: Task, config):
 
 def load_split(args, task: Task, config):
     dataset, name = _scenes_split(args, task, config) if args.dataset is None else _local_split(args, task, config)
+    if args.dataset is not None:
+        # Rows that cannot be evaluated (an image that does not decode, a blank or non-text caption or question) are
+        # skipped and counted, never ranked or scored.
+        regions = getattr(config, "visual_input", "patches") == "regions"
+        caption_column = "question" if task.data == "vqa" else "caption"
+        dataset, skipped = usable_rows(dataset, name, caption_column, image_column=None if regions else "image")
+        args.skipped_rows = len(skipped)
     if args.max_examples is not None:
         dataset = dataset.select(range(min(args.max_examples, len(dataset))))
     if len(dataset) == 0:
@@ -514,7 +530,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         metrics = task.run(run)
     result = {key: float(value) if isinstance(value, (int, float)) else value for key, value in metrics.items()}
-    result.update(task=args.task, model=args.model, dataset=split_name)
+    result.update(task=args.task, model=args.model, dataset=split_name, skipped_rows=getattr(args, "skipped_rows", 0))
     result["num_images"], result["num_texts"] = int(metrics["num_images"]), int(metrics["num_texts"])
     with open(os.path.join(output_dir, f"eval_{args.task}.json"), "w") as handle:
         json.dump(result, handle, indent=2, sort_keys=True)

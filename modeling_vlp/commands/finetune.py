@@ -23,7 +23,7 @@ from ..families import FAMILIES
 from ..presets import get_preset_config
 from ..training.collators import VLPQuestionAnsweringCollator
 from ..training.trainer import VLPReportingTrainer
-from .arguments import FINETUNE_DEFAULTS, PretrainArguments
+from .arguments import FINETUNE_DEFAULTS, PretrainArguments, settle_worker_options
 from .common import (
     TRAINER_STATE_NAME,
     load_saved_processor,
@@ -108,6 +108,7 @@ def load_vqa_datasets(args: FinetuneArguments, image_size: int, seed: int):
 def finetune(argv: Sequence[str]) -> int:
     push_args, argv = split_push_arguments(argv)
     args, training_args = _finetune_parser().parse_args_into_dataclasses(args=argv)
+    settle_worker_options(training_args)
     _setup_logging(training_args)
     if (args.model is None) == (args.preset is None):
         raise ValueError("vlp finetune needs exactly one of --model (a pretrained folder) or --preset (from scratch).")

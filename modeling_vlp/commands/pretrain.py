@@ -17,8 +17,10 @@ from ..families import FAMILIES
 from ..presets import get_preset_config
 from ..training.collators import VLPCollator, VLPPretrainingCollator
 from ..training.family_objectives import resolve_objectives, VLPObjectiveArguments
+from ..data.sources import materialized_stream
+from ..data.streaming import ImageTextStream
 from ..training.trainer import VLPTrainer
-from .arguments import CPU_TRAINING_DEFAULTS, PretrainArguments
+from .arguments import CPU_TRAINING_DEFAULTS, PretrainArguments, settle_worker_options
 from .common import (
     EVAL_RESULTS_NAME,
     SCENES_DESCRIPTION,
@@ -33,6 +35,7 @@ from .common import (
     build_text_model_processor,
     check_family_options,
     check_model_options,
+    checkpoint_problem,
     checkpoint_step,
     find_resume_checkpoint,
     given_options,
@@ -48,7 +51,7 @@ logger = logging.getLogger("modeling_vlp.cli")
 # The command-line options that are `VLPObjectiveArguments` fields of the same name.
 OBJECTIVE_OPTIONS = (
     "local_loss", "gather_with_grad", "itm_negative_ratio", "momentum_distill", "momentum", "distill_alpha", "queue_size",
-    "accum_freq",
+    "accum_freq", "distill_warmup_steps",
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -122,14 +125,32 @@ def _prepare_processor(training_args, resume_from, build):
 def _resume_checkpoint(training_args: TrainingArguments, resume: bool) -> str | None:
     output_dir = training_args.output_dir
     resume_from = training_args.resume_from_checkpoint or (find_resume_checkpoint(output_dir) if resume else None)
+    problem = checkpoint_problem(resume_from) if training_args.resume_from_checkpoint else None
+    if problem is not None:  # the checkpoint asked for: no other one is taken instead
+        raise ValueError(f"--resume-from-checkpoint {resume_from!r} cannot be resumed from: {problem}.")
     if resume_from:
         logger.info("Resuming from %s", resume_from)
     return resume_from
 
 
+def _check_enough_rows(train_dataset, training_args: TrainingArguments, accum_freq: int) -> None:
+    """Refuse a training split too small for one batch per process and data worker (every batch would repeat rows,
+    or, as the Trainer does with `dataloader_drop_last`, training would end at step 0 having learnt nothing)."""
+    batch = training_args.per_device_train_batch_size * accum_freq
+    slots = training_args.world_size * max(1, training_args.dataloader_num_workers)
+    if len(train_dataset) // slots < batch:
+        raise ValueError(
+            f"--dataset: {len(train_dataset)} training rows are fewer than one batch of {batch} rows for each of the "
+            f"{slots} data readers ({training_args.world_size} processes x {max(1, training_args.dataloader_num_workers)} "
+            "workers); lower --per-device-train-batch-size or --dataloader-num-workers, or give more data"
+        )
+
+
 def _finish(trainer, model, output_dir: str, evaluate: Callable[[], dict[str, float]]) -> int:
     """Save the final model and state, evaluate on the main process, write and print the metrics."""
-    logger.info("Training done at step %d.", trainer.state.global_step)
+    if trainer.state.global_step == 0 and trainer.args.max_steps != 0:
+        raise ValueError(f"training ended at step 0 without an optimizer step; {trainer.skipped_rows.summary()}")
+    logger.info("Training done at step %d; training rows: %s.", trainer.state.global_step, trainer.skipped_rows.summary())
     trainer.save_model(output_dir)
     trainer.save_state()
     logger.info("Saved the model and processor to %s.", output_dir)
@@ -175,6 +196,7 @@ def pretrain(argv: Sequence[str]) -> int:
     push_args, argv = split_push_arguments(argv)
     parser = _pretrain_parser()
     args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    settle_worker_options(training_args)
     _setup_logging(training_args)
     start_config = None  # --model: the checkpoint's config, which fixes the family and the architecture
     if args.model is not None:
@@ -213,7 +235,19 @@ def pretrain(argv: Sequence[str]) -> int:
     train_dataset, eval_dataset = load_datasets(
         args, image_size, training_args.seed, region_features=config.visual_feat_dim if regions else 0
     )
-    logger.info("Data: %d training and %d evaluation examples.", len(train_dataset), len(eval_dataset))
+    streamed = isinstance(train_dataset, ImageTextStream)
+    epoch_rows = args.train_num_samples if streamed else len(train_dataset)
+    logger.info(
+        "Data: %s training and %d evaluation examples.",
+        "streamed" + (f", {epoch_rows} per epoch," if epoch_rows else "") if streamed else len(train_dataset),
+        len(eval_dataset),
+    )
+    if not streamed:
+        _check_enough_rows(train_dataset, training_args, objective_args.accum_freq)
+    if objective_args.momentum_distill and objective_args.distill_warmup_steps is None and epoch_rows:
+        # ALBEF ramps the distillation weight over the first epoch: its optimizer steps.
+        batches = -(-epoch_rows // (training_args.per_device_train_batch_size * training_args.world_size))
+        objective_args.distill_warmup_steps = max(1, batches // training_args.gradient_accumulation_steps)
 
     def build():
         if args.model is not None:
@@ -271,7 +305,8 @@ def pretrain(argv: Sequence[str]) -> int:
     trainer = VLPTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset,
+        train_dataset=train_dataset if streamed else materialized_stream(train_dataset, training_args.seed),
+        max_bad_fraction=args.max_bad_fraction,
         eval_dataset=eval_dataset if evaluating else None,
         data_collator=collator,
         processing_class=processor,
@@ -285,7 +320,9 @@ def pretrain(argv: Sequence[str]) -> int:
 
     def evaluate() -> dict[str, float]:
         logger.info("Evaluating on %d examples.", len(eval_dataset))
-        return family.evaluate(model, processor, eval_dataset, training_args.per_device_eval_batch_size)
+        # Under FSDP the trained model is sharded across the ranks: the main process evaluates the weights just saved.
+        evaluated = family.model_class.from_pretrained(output_dir) if trainer.is_fsdp_enabled else model
+        return family.evaluate(evaluated, processor, eval_dataset, training_args.per_device_eval_batch_size)
 
     status = _finish(trainer, model, output_dir, evaluate)
     if status == 0 and push_args is not None and trainer.is_world_process_zero():

@@ -5,10 +5,16 @@ shards, `save_to_disk` folders) or `caption` and region-feature columns, offline
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 
 import datasets
 import numpy as np
+
+from .rows import NOT_TEXT
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # Local image-text corpora
@@ -115,11 +121,67 @@ def _load_raw(path: str, cache_dir: str | None) -> datasets.DatasetDict:
     if tar_files:
         return _build("webdataset", path, cache_dir, data_files=tar_files)
     if _has_files(path, _IMAGE_SUFFIXES):
+        jsonl = {split: files for split, files in _metadata_files(path).items()
+                 if all(file.endswith("metadata.jsonl") for file in files)}  # fmt: skip
+        if jsonl:
+            return _read_imagefolder_jsonl(jsonl)
         return _build("imagefolder", path, cache_dir, data_dir=path)
     raise ValueError(
         f"Cannot load {path!r}: expected an imagefolder (images + metadata.jsonl/metadata.csv), "
         f".parquet files, webdataset .tar shards or a save_to_disk directory; found {sorted(entries)[:20]}."
     )
+
+
+def _read_imagefolder_jsonl(files_by_split: dict[str, list[str]], log_first: int = 10) -> datasets.DatasetDict:
+    """An imagefolder's `metadata.jsonl` files read line by line, so that a broken line is a skipped row (logged with
+    its file and line) and a caption that is not text, or a file that is missing, a row the row checks skip (with a
+    reason), instead of a failed load."""
+    result = {}
+    for split, files in files_by_split.items():
+        rows, skipped = [], []
+        for metadata in files:
+            folder = os.path.dirname(metadata)
+            with open(metadata, encoding="utf-8", errors="replace") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    where = f"{metadata}:{number}"
+                    try:
+                        row = json.loads(line)
+                    except ValueError as error:
+                        skipped.append((where, f"not a JSON object ({error})"))
+                        continue
+                    name = row.get("file_name") if isinstance(row, dict) else None
+                    if not isinstance(name, str) or not name:
+                        skipped.append((where, "no file_name"))
+                        continue
+                    # A missing file stays a row: the training stream and the evaluation skip and count it.
+                    image = os.path.normpath(os.path.join(folder, name))
+                    row = {key: value for key, value in row.items() if key != "file_name"}
+                    row["image"] = image
+                    rows.append(row)
+        for where, reason in skipped[:log_first]:
+            logger.warning("Skipped %s: %s.", where, reason)
+        if skipped:
+            logger.warning("%s split: %d metadata rows skipped, %d kept.", split, len(skipped), len(rows))
+        result[split] = _rows_dataset(rows)
+    return datasets.DatasetDict(result)
+
+
+def _rows_dataset(rows: list[dict]) -> datasets.Dataset:
+    """Metadata rows (with an `image` path) as a dataset; a column whose values Arrow cannot hold in one type (a
+    caption that is sometimes a number) is kept as text or None, so the row checks can name the bad rows."""
+    columns = sorted({key for row in rows for key in row})
+    data = {column: [row.get(column) for row in rows] for column in columns}
+    for column in columns:
+        kinds = {type(value) for value in data[column] if value is not None}
+        if len(kinds) > 1 and str in kinds:  # e.g. a numeric caption among strings: keep it visible as invalid
+            data[column] = [value if isinstance(value, (str, type(None))) else NOT_TEXT for value in data[column]]
+        elif len(kinds) > 1:
+            data[column] = [None if value is None else json.dumps(value) for value in data[column]]
+    features = datasets.Dataset.from_dict({k: v for k, v in data.items() if k != "image"}).features if rows else {}
+    features = datasets.Features({**features, "image": datasets.Image()})
+    return datasets.Dataset.from_dict(data, features=features)
 
 
 def _is_image_like(feature) -> bool:

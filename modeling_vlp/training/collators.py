@@ -25,6 +25,10 @@ from .masking import (
 )
 
 
+# The batch key of the rows an `ImageTextStream` skipped (a list of (where, reason)); not a model input.
+SKIPPED_ROWS_KEY = "skipped_rows"
+
+
 class VLPCollator:
     """Collate dataset rows into a paired image-text batch with a processor.
 
@@ -130,6 +134,10 @@ class VLPCollator:
         if not rows:
             raise ValueError(f"{type(self).__name__} got an empty list of rows.")
         self._reseed_in_worker()
+        if "__seed__" in rows[0]:
+            # Rows of an `ImageTextStream`: the batch's random choices follow from its first row's place in the
+            # stream, so they are the same after a resume and with any number of workers.
+            self._generator = torch.Generator().manual_seed(int(rows[0]["__seed__"]))
         visual_inputs = self._visual_inputs(rows)
         texts = [self._caption(row, index) for index, row in enumerate(rows)]
         tokenizer_kwargs = dict(padding=self.padding, truncation=True)
@@ -139,6 +147,10 @@ class VLPCollator:
         for column in self.passthrough_columns:
             if all(column in row and row[column] is not None for row in rows):
                 batch[column] = torch.tensor([row[column] for row in rows], dtype=torch.long)
+        skipped = [item for row in rows for item in row.get("__skipped__", ())]
+        if "__seed__" in rows[0]:
+            # (where, why) of the rows the stream skipped before these; `VLPTrainer` counts, logs and removes them.
+            batch[SKIPPED_ROWS_KEY] = skipped
         return batch
 
 

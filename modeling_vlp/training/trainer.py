@@ -8,6 +8,8 @@ forward per batch (or `--accum-freq` micro-batches, `accumulation.py`), logging 
 (`VLPReportingTrainer`) and throughput.
 """
 
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -16,15 +18,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import ModelOutput
 
+from ..data.streaming import ImageTextStream
 from .accumulation import (
     accumulate_contrastive_gradients,
     split_batch,
     warn_gradient_accumulation_with_itc,
 )
+from .collators import SKIPPED_ROWS_KEY
+from .data_loading import SkippedRows, load_loader_state, save_loader_state, stream_loader
+from .distributed import enable_fsdp_on_cpu, own_class, replicate_scalar_parameters
 from .family_objectives import VLPObjectiveArguments, compute_objective_losses, forward_inputs, resolve_objectives
 from .momentum import MOMENTUM_STATE_NAME, MomentumDistiller
 
@@ -115,17 +121,87 @@ class VLPReportingTrainer(Trainer):
     `train_samples_per_second` comes at the end.
     """
 
-    def __init__(self, *args, compute_model_metrics: ModelMetrics | None = None, **kwargs):
+    def __init__(
+        self, *args, compute_model_metrics: ModelMetrics | None = None, max_bad_fraction: float = 0.05, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.compute_model_metrics = compute_model_metrics
         self.last_model_metrics: dict[str, float] = {}
         self._throughput = _Throughput()
         self.add_callback(self._throughput)
+        # An `ImageTextStream` train_dataset: a StatefulDataLoader whose state goes into every checkpoint, so resuming
+        # reads on from the next unseen row (the Trainer's own resume would skip batches from the start of the epoch).
+        self.skipped_rows = SkippedRows(max_bad_fraction)
+        self._stream_loader = None
+        self._data_state: dict | None = None
+        if isinstance(self.train_dataset, ImageTextStream):
+            rows = self.train_dataset.materialized_rows()
+            if rows is not None:  # a small corpus is judged after one pass, not after 1000 rows
+                self.skipped_rows.rows_judged = min(self.skipped_rows.rows_judged, max(1, rows // self.args.world_size))
+            if self.args.max_steps <= 0:
+                raise ValueError("max_steps: a streamed train_dataset has no length; give max_steps > 0")
+            self.args.ignore_data_skip = True
+
+    def get_train_dataloader(self):
+        if not isinstance(self.train_dataset, ImageTextStream):
+            return super().get_train_dataloader()
+        loader = stream_loader(self.train_dataset, self.args, self._train_batch_size, self.data_collator)
+        if self._data_state is not None:
+            loader.load_state_dict(self._data_state["loader"])
+            self.skipped_rows.load_state_dict(self._data_state["rows"])
+        self._stream_loader = loader
+        return loader
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        checkpoint = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+        if checkpoint and isinstance(self.train_dataset, ImageTextStream):
+            self._data_state = load_loader_state(checkpoint, self.args.process_index)
+            if self._data_state is None:
+                logger.warning("%s has no saved data state: the stream starts again from its beginning.", checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        # Written before the Trainer's files, so a checkpoint with trainer_state.json (written last) is complete.
+        if self._stream_loader is not None:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            save_loader_state(folder, self.args.process_index, self._stream_loader, self.skipped_rows)
+        super()._save_checkpoint(model, trial)
+
+    def _prepare_inputs(self, inputs):
+        if isinstance(inputs, dict) and SKIPPED_ROWS_KEY in inputs:
+            inputs = dict(inputs)
+            skipped = inputs.pop(SKIPPED_ROWS_KEY)
+            if self.model.training:
+                self.skipped_rows.add(_batch_size(inputs), skipped)
+        return super()._prepare_inputs(inputs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Under FSDP2 the model's class is torch's generated FSDP<Name>: save the code and auto_map of its own.
+        with own_class(self.accelerator.unwrap_model(self.model)):
+            super()._save(output_dir, state_dict=state_dict)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if self.is_fsdp_enabled:
+            _complete_adam_state(getattr(self.optimizer, "optimizer", self.optimizer))
+        super()._save_optimizer_and_scheduler(output_dir)
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        # --fsdp on CPU processes: accelerate would quietly train with DDP instead (distributed.enable_fsdp_on_cpu).
+        if enable_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args):
+            self.is_fsdp_enabled = True
+        if self.is_fsdp_enabled and self.accelerator.is_fsdp2 and self.model is not None:
+            replicate_scalar_parameters(self.accelerator.state.fsdp_plugin, self.model)  # logit_scale: 0-d
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             samples_per_step = self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
             logs.update(self._throughput.pop(samples_per_step))
+            if self._stream_loader is not None:  # the running count over every rank
+                counts = torch.tensor([self.skipped_rows.skipped, self.skipped_rows.usable], device=self.args.device)
+                counts = self.accelerator.reduce(counts, reduction="sum")
+                logs["skipped_rows"] = int(counts[0])
+                logs["rows_read"] = int(counts[0] + counts[1])
         super().log(logs, start_time)
 
     def evaluation_loop(
@@ -186,6 +262,17 @@ class VLPTrainer(VLPReportingTrainer):
                 alpha=self.objective_args.distill_alpha,
             )  # fmt: skip
             self.add_callback(_MomentumUpdate(self.objective_args.distiller))
+
+    @property
+    def state(self) -> TrainerState:
+        return self._state
+
+    @state.setter
+    def state(self, value: TrainerState) -> None:
+        # Every state the Trainer sets (at the start, or read back on resume) writes trainer_state.json atomically.
+        if type(value) is TrainerState:
+            value.__class__ = AtomicTrainerState
+        self._state = value
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         # A checkpoint saves its model first and trainer_state.json last, which marks it complete: the momentum
@@ -307,6 +394,19 @@ class VLPTrainer(VLPReportingTrainer):
         return loss, embeds, inputs.get("image_id")
 
 
+class AtomicTrainerState(TrainerState):
+    """A `TrainerState` whose `save_to_json` writes a temporary file and renames it over the target: a checkpoint's
+    trainer_state.json, written last, marks it complete, so it is never left empty or half-written."""
+
+    def save_to_json(self, json_path: str) -> None:
+        temporary = f"{json_path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, json_path)
+
+
 class _MomentumUpdate(TrainerCallback):
     """Moves the EMA teacher one step after every optimizer step."""
 
@@ -315,6 +415,28 @@ class _MomentumUpdate(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.distiller.update(model)
+
+
+def _complete_adam_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give every trainable parameter that has had no gradient yet (a head no objective trains: the MIM head without
+    mim, ...) the zero Adam state that Adam(W) creates at its first gradient. torch's distributed checkpoint, which
+    FSDP checkpoints use, refuses to load an optimizer state that lacks a trainable parameter; the zeros change
+    nothing (Adam skips parameters without gradient and starts a parameter's state as these zeros)."""
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        return
+    for group in optimizer.param_groups:
+        on_device = group.get("fused") or group.get("capturable")
+        for parameter in group["params"]:
+            if not parameter.requires_grad or optimizer.state.get(parameter):
+                continue
+            state = {
+                "step": torch.zeros((), device=parameter.device) if on_device else torch.tensor(0.0),
+                "exp_avg": torch.zeros_like(parameter, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(parameter, memory_format=torch.preserve_format),
+            }
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
+            optimizer.state[parameter] = state
 
 
 def _batch_size(inputs: dict[str, Any]) -> int:

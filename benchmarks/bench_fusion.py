@@ -87,7 +87,7 @@ def make_batch(config, batch_size: int, text_length: int, num_regions: int, devi
     batch = dict(
         input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids),
         visual_feats=visual_feats.masked_fill(weights.bool()[..., None], 0.0),
-        visual_pos=torch.rand(batch_size, num_regions, 4, generator=generator),
+        visual_pos=torch.rand(batch_size, num_regions, 2, 2, generator=generator).sort(dim=2).values.flatten(2),
         visual_attention_mask=visual_attention_mask,
         mlm_labels=mlm_labels, itm_labels=(torch.rand(batch_size, generator=generator) < 0.5).long(),
         obj_labels=obj_labels,

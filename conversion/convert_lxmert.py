@@ -180,7 +180,7 @@ def parity_inputs(config: LxmertConfig, tokenizer=None, seed: int = 0) -> dict[s
             input_ids[row, real:], attention_mask[row, real:] = 0, 0
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids))
     corners = torch.rand(batch_size, NUM_REGIONS, 2, 2, generator=generator).sort(dim=2).values
-    boxes = corners.transpose(2, 3).reshape(batch_size, NUM_REGIONS, 4)  # x1, y1, x2, y2
+    boxes = corners.reshape(batch_size, NUM_REGIONS, 4)  # (min x, min y, max x, max y) = x1, y1, x2, y2
     if config.visual_pos_dim == 5:
         area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
         boxes = torch.cat([boxes, area[..., None]], dim=-1)

@@ -98,6 +98,7 @@ def share_attn_implementation(config) -> None:
 class VLPPreTrainedModel(PreTrainedModel):
     """Weight initialisation, capabilities and output conventions shared by every modeling_vlp model.
 
+
     `_text_embeddings` is the dotted path of the `VLPTextEmbeddings` whose `token_embedding` are the input
     embeddings, for base models that do not keep it at `self.embeddings` (transformers' own lookup, which also leads
     a head to its base model); `_output_embeddings` the path of a head's vocabulary decoder, tied to them.
@@ -116,6 +117,13 @@ class VLPPreTrainedModel(PreTrainedModel):
     family_auto_map: dict[str, str] = {}
     _text_embeddings: str | None = None
     _output_embeddings: str | None = None
+
+    def post_init(self):
+        super().post_init()
+        # The embeddings' input checks (`check_finite`) read this model's config, a head's or a dual encoder's.
+        for module in self.modules():
+            if hasattr(module, "checks_config"):
+                module.checks_config = self.config
 
     def get_input_embeddings(self) -> nn.Module:
         if self._text_embeddings is None:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .modeling_layers import VLPPredictionHeadTransform
+from .modeling_layers import VLPPredictionHeadTransform, check_finite
 
 
 class VLPPooler(nn.Module):
@@ -43,13 +43,38 @@ def uniter_box_features(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([boxes, width[..., None], height[..., None], (width * height)[..., None]], dim=-1)
 
 
+def check_boxes(visual_pos: torch.Tensor, normalized: bool = True) -> None:
+    """Boxes `(..., 4 | 5 | 7)` starting with corners `(x1, y1, x2, y2)`: x1 <= x2, y1 <= y2 and, when `normalized`,
+    every value in [0, 1] (NaN is outside). Padded regions are zeros, which pass."""
+    if normalized:
+        outside = ~((visual_pos >= 0) & (visual_pos <= 1))
+        if bool(outside.any()):
+            index, largest = outside.nonzero()[0].tolist(), visual_pos.nan_to_num(0.0, 0.0, 0.0).max().item()
+            hint = ": they look like pixels, divide x by the image width and y by its height" if largest > 2 else ""
+            raise ValueError(
+                f"`visual_pos` has {visual_pos[tuple(index)].item():.4g} at index {index} (largest {largest:.4g}); "
+                f"expected boxes normalised to [0, 1] by the image size{hint}."
+            )
+    corners = visual_pos[..., :4]
+    reversed_ = (corners[..., 2] < corners[..., 0]) | (corners[..., 3] < corners[..., 1])
+    if bool(reversed_.any()):
+        index = reversed_.nonzero()[0].tolist()
+        raise ValueError(
+            f"`visual_pos` has the box {[round(x, 4) for x in corners[tuple(index)].tolist()]} at index {index}, with "
+            "x2 < x1 or y2 < y1; expected corners (x1, y1, x2, y2) with x1 <= x2, y1 <= y2 (not x, y, width, height)."
+        )
+
+
 class VLPRegionEmbeddings(nn.Module):
     """Detector regions -> tokens: Linear(features) (+ LayerNorm) and Linear(box features) (+ LayerNorm), summed
     (VisualBERT, UNITER) or averaged (`average=True`, LXMERT), then dropout. `box_dim=0`: no box input;
     `uniter_boxes` expands `(x1, y1, x2, y2)` to UNITER's 7 box features. Masked regions (`mim_mask`) have their
     features zeroed and keep their boxes (LXMERT, UNITER). `projection_names` are the two Linears' attribute names,
     those of the checkpoints each family converts (the unified family's `feat_projection` / `box_projection`,
-    LXMERT's `feat_proj` / `box_proj`), so that state-dict keys stay those of the published weights."""
+    LXMERT's `feat_proj` / `box_proj`), so that state-dict keys stay those of the published weights. Inputs are
+    checked here for every family: `check_boxes` (the range unless `config.normalized_boxes=False`), `check_finite`."""
+
+    checks_config = None  # the model's config (set by `VLPPreTrainedModel.post_init`)
 
     def __init__(
         self,
@@ -77,6 +102,10 @@ class VLPRegionEmbeddings(nn.Module):
         self, visual_feats: torch.Tensor, visual_pos: torch.Tensor | None = None, mim_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         feat_projection, box_projection = getattr(self, self.feat_name), getattr(self, self.box_name)
+        check_finite(self, "visual_feats", visual_feats)
+        if box_projection is not None:
+            check_finite(self, "visual_pos", visual_pos)
+            check_boxes(visual_pos, normalized=getattr(self.checks_config, "normalized_boxes", True))
         feats = visual_feats.to(feat_projection.weight.dtype)
         if mim_mask is not None:
             feats = feats.masked_fill(mim_mask.bool().unsqueeze(-1), 0.0)

@@ -269,6 +269,28 @@ class VLPEncoder(nn.Module):
         )
 
 
+def check_finite(module: nn.Module, name: str, values: torch.Tensor) -> None:
+    """NaN / inf inputs make every output NaN. The check (a device sync) is off with `check_inputs=False` in the
+    config of the model `module` belongs to (`module.checks_config`, set by `VLPPreTrainedModel.post_init`)."""
+    if getattr(module.checks_config, "check_inputs", True) is not False and not bool(values.isfinite().all()):
+        index = (~values.isfinite()).nonzero()[0].tolist()
+        raise ValueError(
+            f"`{name}` has {values[tuple(index)].item()} at index {index}; expected finite values (set "
+            "`model.config.check_inputs = False` to skip this check)."
+        )
+
+
+def check_token_ids(name: str, ids: torch.Tensor, size: int, size_name: str) -> None:
+    """Ids outside the embedding table would be an IndexError deep inside (a device-side assert on GPU)."""
+    outside = (ids < 0) | (ids >= size)
+    if bool(outside.any()):
+        index = outside.nonzero()[0].tolist()
+        raise ValueError(
+            f"`{name}` has {ids[tuple(index)].item()} at index {index}; expected ids in [0, {size}) (`{size_name}` = "
+            f"{size}): were the texts tokenized with this model's tokenizer?"
+        )
+
+
 def check_pixel_values(pixel_values: torch.Tensor | None, num_channels: int) -> None:
     if pixel_values is None:
         raise ValueError("`pixel_values` is required: pass images through the processor first.")
@@ -356,6 +378,8 @@ def decoder_attention_mask(
 class VLPPatchEmbeddings(nn.Module):
     """Image -> patch tokens (+ optional class token) + learned positions, interpolated for other image sizes."""
 
+    checks_config = None  # the model's config (its `check_inputs`)
+
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -398,6 +422,7 @@ class VLPPatchEmbeddings(nn.Module):
                 f"`pixel_values` height and width ({height}x{width}) must be multiples of the patch size "
                 f"({self.patch_size})."
             )
+        check_finite(self, "pixel_values", pixel_values)
         embeddings = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
         embeddings = embeddings.flatten(2).transpose(1, 2)
         if self.class_embedding is not None:
@@ -459,10 +484,14 @@ class VLPTextEmbeddings(nn.Module):
             )
         if position_ids is None:
             position_ids = self.position_ids[:, :seq_length]
+        check_token_ids("input_ids", input_ids, self.token_embedding.num_embeddings, "vocab_size")
         embeddings = self.token_embedding(input_ids) + self.position_embedding(position_ids)
         if self.token_type_embedding is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
+            else:
+                types = self.token_type_embedding.num_embeddings
+                check_token_ids("token_type_ids", token_type_ids, types, "type_vocab_size")
             embeddings = embeddings + self.token_type_embedding(token_type_ids)
         if self.layer_norm is not None:
             embeddings = self.layer_norm(embeddings)

@@ -15,6 +15,7 @@ from .modeling_layers import (
     VLPPatchEmbeddings,
     VLPPredictionHeadTransform,
     VLPTextEmbeddings,
+    check_finite,
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -248,11 +249,6 @@ def _check_regions(config, batch_size, pixel_values, visual_feats, visual_pos, v
             f"`visual_pos` must have shape (batch_size, num_regions, {' or '.join(map(str, widths))}) = "
             f"({images}, {num_regions}, ...), got {_shape(visual_pos)}."
         )
-    if config.normalized_boxes and bool(((visual_pos < 0) | (visual_pos > 1)).any()):
-        raise ValueError(
-            f"`visual_pos` has values in [{visual_pos.min().item():.4g}, {visual_pos.max().item():.4g}], but this "
-            "model expects boxes normalised to [0, 1] by the image size (normalized_boxes=True)."
-        )
     return num_regions
 
 
@@ -348,6 +344,7 @@ class VLPUnifiedPatchEmbeddings(VLPPatchEmbeddings):
         """Returns the visual tokens (B, 1 + L, D) (class token first), their mask (B, 1 + L) and their patch index
         (B, 1 + L) (-1 for the class token)."""
         batch_size = pixel_values.shape[0]
+        check_finite(self, "pixel_values", pixel_values)
         embeddings = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
         grid_height, grid_width = embeddings.shape[-2:]
         embeddings = embeddings.flatten(2).transpose(1, 2)

@@ -82,7 +82,7 @@ def make_inputs(tokenizer, seed: int = 5) -> dict:
     visual_attention_mask[::2, 4:] = 0
     inputs.update(
         visual_feats=torch.randn(batch, 6, TINY["visual_feat_dim"], generator=generator),
-        visual_pos=torch.rand(batch, 6, 4, generator=generator),
+        visual_pos=torch.rand(batch, 6, 2, 2, generator=generator).sort(dim=2).values.flatten(2),  # x1 < x2, y1 < y2
         visual_attention_mask=visual_attention_mask,
     )
     return inputs

@@ -350,6 +350,7 @@ def test_sdpa_matches_eager(preset_overrides):
     if preset_overrides:
         inputs = visualbert_batch()
         inputs["visual_pos"] = torch.rand(2, 6, 5, generator=torch.Generator().manual_seed(0))
+        inputs["visual_pos"][..., :4] = inputs["visual_pos"][..., :4].unflatten(-1, (2, 2)).sort(dim=-2).values.flatten(-2)
     else:
         inputs = vilt_batch()
     with torch.no_grad():

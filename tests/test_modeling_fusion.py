@@ -84,7 +84,7 @@ def make_images(config, batch=BATCH, seed=2):
     mask[1::2, -2:] = 0  # every other image has two padded regions
     return {
         "visual_feats": torch.randn(batch, NUM_REGIONS, FEAT_DIM, generator=generator),
-        "visual_pos": torch.rand(batch, NUM_REGIONS, 4, generator=generator),
+        "visual_pos": torch.rand(batch, NUM_REGIONS, 2, 2, generator=generator).sort(dim=2).values.flatten(2),  # x1<x2
         "visual_attention_mask": mask,
     }
 

@@ -54,8 +54,9 @@ class HubPushError(RuntimeError):
 def add_push_arguments(parser: argparse.ArgumentParser, repo_option: bool = True) -> argparse.ArgumentParser:
     """Add the push options: --push-to-hub REPO_ID (unless `repo_option=False`, for a command that takes the repo
     as a positional argument), --hub-endpoint, --private, --revision, --commit-message, --hub-token, --exist-ok /
-    --no-exist-ok, and the card's --base-model and --license. Options the parser already has (a TrainingArguments
-    parser has --push-to-hub, --hub-token) are left as they are."""
+    --no-exist-ok, and the card's --base-model and --license, each also spelled with underscores (`--hub_token`) as
+    a TrainingArguments parser spells its own. Options the parser already has (a TrainingArguments parser has
+    --push-to-hub, --hub-token) are left as they are."""
     group = parser.add_argument_group("Hugging Face Hub")
     options = [
         (("--hub-endpoint",), dict(default=None, metavar="URL",
@@ -77,6 +78,8 @@ def add_push_arguments(parser: argparse.ArgumentParser, repo_option: bool = True
         help = "After saving, push the folder to this Hub repo (namespace/name, or name in your namespace)."
         options.insert(0, (("--push-to-hub",), dict(default=None, metavar="REPO_ID", help=help)))
     for flags, kwargs in options:
+        if kwargs.get("action") is not argparse.BooleanOptionalAction:  # --exist_ok would also make --no-exist_ok
+            flags = tuple(dict.fromkeys((*flags, *("--" + flag[2:].replace("-", "_") for flag in flags))))
         if any(flag in parser._option_string_actions for flag in flags):
             continue
         group.add_argument(*flags, **kwargs)

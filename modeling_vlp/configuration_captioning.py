@@ -8,6 +8,7 @@ from .configuration_vlp import (
     _VIT_B_16,
     VLPTextConfig,
     VLPVisionConfig,
+    _check_heads,
     _tower_config,
     check_own_towers,
 )
@@ -46,6 +47,16 @@ class VLPCaptioningConfig(PreTrainedConfig):
     (`text_config.pooling`) projected to `projection_dim`, with a learned temperature `exp(logit_scale)` clamped to
     `logit_scale_max`; None (BLIP's captioner) has no contrastive head. `loss_weights` weigh "lm" and "itc" into the
     total `loss` of `VLPForConditionalGeneration`.
+
+    open_clip's CoCa (all off by default). `attentional_pool_queries` puts open_clip's attentional pooler on the
+    image tokens: that many learned queries (width `projection_dim`, `attentional_pool_heads` heads) attend over them,
+    then a LayerNorm; the first query is the contrastive image token, the others are what the decoder attends to.
+    `text_cls_token` appends a learned CLS embedding after the tokens (without a KV cache) whose unimodal state is
+    the contrastive text state: "correct" lets it see the real tokens and itself, "legacy" reproduces open_clip's
+    original mask (shifted by one position; `correct_cls_mask=False`, its pretrained weights). `separate_cross_attention`
+    makes the multimodal layers pairs of a causal self-attention layer and a cross-attention-only layer (LayerNorms on
+    the queries and on the image tokens, its own MLP), open_clip's `MultimodalTransformer`; the multimodal part then
+    has an even number of layers and `cross_attention_every` must be 1.
     """
 
     model_type = "vlp_captioning"
@@ -57,6 +68,10 @@ class VLPCaptioningConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     num_unimodal_layers: int = 0
     cross_attention_every: int = 1
+    separate_cross_attention: bool = False
+    attentional_pool_queries: int | None = None
+    attentional_pool_heads: int = 8
+    text_cls_token: str | None = None
     lm_head_transform: bool = True
     projection_dim: int | None = None
     projection_bias: bool = False
@@ -91,6 +106,7 @@ class VLPCaptioningConfig(PreTrainedConfig):
             )
         if self.cross_attention_every < 1:
             raise ValueError(f"`cross_attention_every` must be >= 1, got {self.cross_attention_every}.")
+        self._validate_open_clip_options()
         if self.projection_dim is not None:
             if self.projection_dim < 1:
                 raise ValueError(
@@ -109,6 +125,30 @@ class VLPCaptioningConfig(PreTrainedConfig):
         if self.decoder_start_id is None:
             raise ValueError("A caption needs a start token: set `decoder_start_token_id` or `text_config.bos_token_id`.")
 
+    def _validate_open_clip_options(self):
+        if self.separate_cross_attention and (
+            self.cross_attention_every != 1 or (self.text_config.num_hidden_layers - self.num_unimodal_layers) % 2
+        ):
+            raise ValueError(
+                "`separate_cross_attention` pairs a self-attention and a cross-attention layer: it needs "
+                "`cross_attention_every=1` and an even number of multimodal layers (text_config.num_hidden_layers - "
+                "num_unimodal_layers)."
+            )
+        if self.text_cls_token not in (None, "correct", "legacy"):
+            raise ValueError(f"`text_cls_token` must be None, 'correct' or 'legacy', got {self.text_cls_token!r}.")
+        if self.attentional_pool_queries is not None:
+            if self.projection_dim is None or self.attentional_pool_queries < 2:
+                raise ValueError(
+                    "`attentional_pool_queries` needs a contrastive head (`projection_dim`, the pooler's width) and "
+                    f"at least 2 queries (one contrastive, the rest for the decoder), got {self.attentional_pool_queries}."
+                )
+            _check_heads(self.projection_dim, self.attentional_pool_heads)
+
+    @property
+    def image_token_size(self) -> int:
+        """The width of the image tokens the decoder attends to: the pooler's with `attentional_pool_queries`."""
+        return self.projection_dim if self.attentional_pool_queries is not None else self.vision_config.hidden_size
+
     @property
     def decoder_start_id(self) -> int | None:
         """The token a caption starts with: `decoder_start_token_id`, else the text config's bos."""
@@ -117,6 +157,8 @@ class VLPCaptioningConfig(PreTrainedConfig):
     def has_cross_attention(self, layer_index: int) -> bool:
         """Whether decoder layer `layer_index` cross-attends to the image tokens."""
         multimodal_index = layer_index - self.num_unimodal_layers
+        if self.separate_cross_attention:
+            return multimodal_index >= 0 and multimodal_index % 2 == 1
         return multimodal_index >= 0 and multimodal_index % self.cross_attention_every == 0
 
 

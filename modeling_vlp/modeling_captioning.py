@@ -9,6 +9,7 @@ from torch import nn
 from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_captioning import VLPCaptioningConfig
 from .losses import contrastive_loss, weighted_sum
@@ -20,9 +21,12 @@ from .modeling_base import (
 )
 from .modeling_dual_encoder import VLPVisionModel
 from .modeling_layers import (
+    VLPMLP,
+    VLPAttention,
     VLPPredictionHeadTransform,
     VLPTextEmbeddings,
     VLPTransformerLayer,
+    additive_padding_mask,
     check_input_ids,
     check_pixel_values,
     decoder_attention_mask,
@@ -40,10 +44,12 @@ class VLPCaptioningModelOutput(CacheModelOutput):
         The decoder's self-attention keys/values of every token so far and its cross-attention keys/values of the
         image tokens; pass it back (`cache=`) with the next tokens only. `past_key_values`, its name before
         transformers 5.24, still reads it.
-    image_hidden_states (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_hidden_size)`):
-        The image tokens the decoder attends to (the vision tower's last hidden state).
+    image_hidden_states (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, image_token_size)`):
+        The vision tower's last hidden state, or with `attentional_pool_queries` the pooler's output (the first token
+        is the contrastive one, the decoder attends to the others).
     text_unimodal_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, text_hidden_size)`, *optional*):
-        The output of the text-only layers (models with `num_unimodal_layers > 0`).
+        The output of the text-only layers (models with `num_unimodal_layers > 0`); with `text_cls_token` and no
+        cache, one position longer: the CLS token's state is last.
     image_embeds / text_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`, *optional*):
         L2-normalised contrastive embeddings (models with `projection_dim`, when no tokens are cached).
     logit_scale (`torch.FloatTensor` of shape `()`, *optional*):
@@ -125,9 +131,65 @@ class VLPCaptioningHead(nn.Module):
         return self.decoder(hidden_states)
 
 
+class VLPAttentionalPooler(nn.Module):
+    """open_clip's `AttentionalPooler` and the LayerNorm its CoCa puts after it (`ln_post`): learned queries
+    (LayerNorm'd) attend over the LayerNorm'd image tokens. (B, N, vision width) -> (B, queries, projection_dim)."""
+
+    def __init__(self, config: VLPCaptioningConfig):
+        super().__init__()
+        vision, width = config.vision_config, config.projection_dim
+        self.query = nn.Parameter(torch.zeros(config.attentional_pool_queries, width))
+        self.layer_norm_query = nn.LayerNorm(width, eps=vision.layer_norm_eps)
+        self.layer_norm_kv = nn.LayerNorm(vision.hidden_size, eps=vision.layer_norm_eps)
+        self.attention = VLPAttention(
+            vision, hidden_size=width, num_heads=config.attentional_pool_heads, kv_hidden_size=vision.hidden_size,
+            qkv_bias=True,
+        )  # fmt: skip
+        self.post_layernorm = nn.LayerNorm(width, eps=vision.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        query = self.layer_norm_query(self.query).expand(hidden_states.shape[0], -1, -1)
+        pooled, _ = self.attention(query, encoder_hidden_states=self.layer_norm_kv(hidden_states))
+        return self.post_layernorm(pooled)
+
+
+class VLPCrossAttentionLayer(GradientCheckpointingLayer):
+    """open_clip's cross-attention block (`MultimodalTransformer.cross_attn[i]`), pre-norm and without
+    self-attention: x += xattn(ln_cross(x), ln_kv(image)); x += mlp(ln2(x)). Returns what `VLPTransformerLayer` does."""
+
+    def __init__(self, config, kv_hidden_size: int, layer_idx: int | None = None):
+        super().__init__()
+        hidden_size, eps = config.hidden_size, config.layer_norm_eps
+        self.layer_norm_cross = nn.LayerNorm(hidden_size, eps=eps)
+        self.layer_norm_kv = nn.LayerNorm(kv_hidden_size, eps=eps)
+        self.cross_attn = VLPAttention(config, kv_hidden_size=kv_hidden_size, layer_idx=layer_idx)
+        self.layer_norm2 = nn.LayerNorm(hidden_size, eps=eps)
+        self.mlp = VLPMLP(hidden_size, config.intermediate_size, config.hidden_act)
+        self.dropout = nn.Dropout(getattr(config, "hidden_dropout", 0.0))
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None, **kwargs):
+        out, weights = self.cross_attn(
+            self.layer_norm_cross(hidden_states), encoder_attention_mask,
+            encoder_hidden_states=self.layer_norm_kv(encoder_hidden_states), **kwargs,
+        )  # fmt: skip
+        hidden_states = hidden_states + self.dropout(out)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.layer_norm2(hidden_states)))
+        return hidden_states, None, weights
+
+
+def cls_attention_mask(attention_mask: torch.Tensor, legacy: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The causal mask of `L` tokens followed by a CLS token, (B, 1, L + 1, L + 1): keys are the real tokens and the
+    CLS ("correct"), or, as open_clip's legacy CoCa mask, those flags shifted right by one (the first position is
+    always a key, the CLS is one when the last token is real)."""
+    ones = attention_mask.new_ones(attention_mask.shape[0], 1)
+    keys = torch.cat([ones, attention_mask] if legacy else [attention_mask, ones], dim=1)
+    return additive_padding_mask(keys, dtype, is_causal=True)
+
+
 class VLPCaptioningDecoder(nn.Module):
     """Token + position embeddings, causal layers (text-only, then with cross-attention to the image) and an
-    optional final LayerNorm. Every layer has its `layer_idx` in the KV cache."""
+    optional final LayerNorm. Every layer has its `layer_idx` in the KV cache. With `text_cls_token` and no cache,
+    a CLS embedding (at the next position) follows the tokens through the text-only layers, then leaves."""
 
     def __init__(self, config: VLPCaptioningConfig):
         super().__init__()
@@ -135,12 +197,17 @@ class VLPCaptioningDecoder(nn.Module):
         self.config = text
         self.num_unimodal_layers = config.num_unimodal_layers
         self.embeddings = VLPTextEmbeddings(text)
+        self.cls_mode = config.text_cls_token
+        self.cls_embedding = nn.Parameter(torch.zeros(text.hidden_size)) if config.text_cls_token else None
+        image_size = config.image_token_size
         self.layers = nn.ModuleList(
             [
-                VLPTransformerLayer(
+                VLPCrossAttentionLayer(text, image_size, layer_idx=i)
+                if config.separate_cross_attention and config.has_cross_attention(i)
+                else VLPTransformerLayer(
                     text,
                     is_causal=True,
-                    cross_attention_hidden_size=config.vision_config.hidden_size if config.has_cross_attention(i) else None,
+                    cross_attention_hidden_size=image_size if config.has_cross_attention(i) else None,
                     layer_idx=i,
                 )
                 for i in range(text.num_hidden_layers)
@@ -164,26 +231,35 @@ class VLPCaptioningDecoder(nn.Module):
         past_length = cache.get_seq_length() if cache is not None else 0
         query_length = input_ids.shape[1]
         max_positions = self.config.max_position_embeddings
+        append_cls = self.cls_embedding is not None and cache is None
         if position_ids is None:
-            if past_length + query_length > max_positions:
+            if past_length + query_length + append_cls > max_positions:
                 raise ValueError(
-                    f"`input_ids` has {query_length} tokens after {past_length} cached ones, more than the decoder's "
-                    f"{max_positions} positions (`text_config.max_position_embeddings`)."
+                    f"`input_ids` has {query_length} tokens after {past_length} cached ones{' and a CLS token' * append_cls}"
+                    f", more than the decoder's {max_positions} positions (`text_config.max_position_embeddings`)."
                 )
             position_ids = torch.arange(past_length, past_length + query_length, device=input_ids.device)[None]
         hidden_states = self.embeddings(input_ids, position_ids=position_ids)
         mask = decoder_attention_mask(
             self.config, attention_mask, query_length, past_length, hidden_states.dtype, hidden_states.device
         )
+        unimodal_mask = mask
+        if append_cls:
+            cls = self.cls_embedding + self.embeddings.position_embedding(position_ids[:, -1:] + 1)
+            hidden_states = torch.cat([hidden_states, cls.expand(len(hidden_states), -1, -1).to(hidden_states.dtype)], 1)
+            valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            unimodal_mask = cls_attention_mask(valid.to(hidden_states.device), self.cls_mode == "legacy", hidden_states.dtype)
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         self_weights, cross_weights = ((), ()) if output_attentions else (None, None)
         unimodal_state = None
         for index, layer in enumerate(self.layers):
-            hidden_states, weights, cross = layer(
-                hidden_states, mask, image_hidden_states, None, past_key_values=cache
-            )
-            if index + 1 == self.num_unimodal_layers:
+            if index == self.num_unimodal_layers and index > 0:
                 unimodal_state = hidden_states
+                hidden_states = hidden_states[:, :query_length]  # the CLS token leaves
+            layer_mask = unimodal_mask if index < self.num_unimodal_layers else mask
+            hidden_states, weights, cross = layer(
+                hidden_states, layer_mask, image_hidden_states, None, past_key_values=cache
+            )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             if output_attentions:
@@ -220,11 +296,10 @@ class VLPCaptioningModel(VLPPreTrainedModel):
         self.vision_model = VLPVisionModel._from_config(config.vision_config)
         self.decoder = VLPCaptioningDecoder(config)
         self.visual_projection = self.text_projection = self.logit_scale = self.unimodal_layer_norm = None
+        self.attentional_pool = VLPAttentionalPooler(config) if config.attentional_pool_queries is not None else None
         if config.projection_dim is not None:
             text = config.text_config
-            self.visual_projection = nn.Linear(
-                config.vision_config.hidden_size, config.projection_dim, bias=config.projection_bias
-            )
+            self.visual_projection = nn.Linear(config.image_token_size, config.projection_dim, bias=config.projection_bias)
             self.text_projection = nn.Linear(text.hidden_size, config.projection_dim, bias=config.projection_bias)
             self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
             if text.final_layernorm:
@@ -237,14 +312,20 @@ class VLPCaptioningModel(VLPPreTrainedModel):
         super()._init_weights(module)
         if module is self and self.logit_scale is not None:
             init.constant_(self.logit_scale, float(self.config.logit_scale_init_value))
+        if isinstance(module, VLPAttentionalPooler):
+            init.normal_(module.query, std=module.query.shape[-1] ** -0.5)
+        if isinstance(module, VLPCaptioningDecoder) and module.cls_embedding is not None:
+            init.normal_(module.cls_embedding, std=0.01)
 
     def get_image_features(
         self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool = False, **kwargs
     ) -> torch.Tensor:
-        """The image tokens the decoder attends to, `(batch_size, num_image_tokens, vision_hidden_size)`: computed
-        once per `generate` call and reused at every step."""
+        """The image tokens, `(batch_size, num_image_tokens, image_token_size)`: the vision tower's last hidden state
+        or its attentional pooler's output (`image_hidden_states`); computed once per `generate` call."""
         check_pixel_values(pixel_values, self.config.vision_config.num_channels)
-        return self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True).last_hidden_state
+        hidden = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
+        hidden = hidden.last_hidden_state
+        return self.attentional_pool(hidden) if self.attentional_pool is not None else hidden
 
     def get_logit_scale(self) -> torch.Tensor:
         """exp(logit_scale), clamped to `config.logit_scale_max` when set."""
@@ -252,7 +333,7 @@ class VLPCaptioningModel(VLPPreTrainedModel):
 
     def _pool_image(self, image_hidden_states: torch.Tensor) -> torch.Tensor:
         pooling = self.config.vision_config.pooling
-        if pooling == "cls":
+        if pooling == "cls" or self.attentional_pool is not None:
             return image_hidden_states[:, 0]
         if pooling == "mean":
             return image_hidden_states[:, self.vision_model.embeddings.num_prefix_tokens :].mean(dim=1)
@@ -296,10 +377,10 @@ class VLPCaptioningModel(VLPPreTrainedModel):
                     "`pixel_values` (or the encoded `image_hidden_states`) is required: the decoder attends to the image."
                 )
             image_hidden_states = self.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        elif image_hidden_states.ndim != 3 or image_hidden_states.shape[-1] != self.config.vision_config.hidden_size:
+        elif image_hidden_states.ndim != 3 or image_hidden_states.shape[-1] != self.config.image_token_size:
             raise ValueError(
                 "`image_hidden_states` must have shape (batch_size, num_image_tokens, "
-                f"{self.config.vision_config.hidden_size}), got {tuple(image_hidden_states.shape)}."
+                f"{self.config.image_token_size}), got {tuple(image_hidden_states.shape)}."
             )
         if image_hidden_states.shape[0] != input_ids.shape[0]:
             images = "`pixel_values`" if pixel_values is not None else "`image_hidden_states`"
@@ -319,7 +400,7 @@ class VLPCaptioningModel(VLPPreTrainedModel):
 
         outputs = self.decoder(
             input_ids,
-            image_hidden_states,
+            image_hidden_states if self.attentional_pool is None else image_hidden_states[:, 1:],
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
@@ -327,11 +408,13 @@ class VLPCaptioningModel(VLPPreTrainedModel):
             output_attentions=bool(output_attentions or self.config.output_attentions),
         )
         outputs.image_hidden_states = image_hidden_states
-        if self.config.projection_dim is not None and past_length == 0:
+        if self.config.projection_dim is not None and past_length == 0 and (cache is None or not self.config.text_cls_token):
             text_state = outputs.text_unimodal_state
+            if self.config.text_cls_token:
+                text_state = text_state[:, -1:]
             if self.unimodal_layer_norm is not None:
                 text_state = self.unimodal_layer_norm(text_state)
-            text_pooled = pool_text(
+            text_pooled = text_state[:, 0] if self.config.text_cls_token else pool_text(
                 text_state, input_ids, attention_mask, self.config.text_config.pooling,
                 self.config.text_config.eos_token_id,
             )  # fmt: skip

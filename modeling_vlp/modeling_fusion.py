@@ -42,7 +42,9 @@ from .modeling_fusion_layers import (
     patch_attention_mask,
     region_targets,
 )
-from .modeling_heads import VLPAnswerHead, VLPMLMHead, VLPPooler, VLPRegionEmbeddings
+from .modeling_fusion_coattention import fused_pooled_output, fused_pooler, fusion_answer_head, region_embeddings
+from .modeling_fusion_shared import build_text_encoder, encode_text_layers, itc_text_states
+from .modeling_heads import VLPMLMHead
 from .modeling_layers import (
     VLPEncoder,
     VLPPatchEmbeddings,
@@ -65,15 +67,12 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
         text, vision = config.text_config, config.vision_config
         share_attn_implementation(config)
         self.text_embeddings = VLPTextEmbeddings(text)
-        self.text_encoder = VLPEncoder(text)
+        self.text_encoder = build_text_encoder(config)  # with cross-attention too for BLIP (`share_text_layers`)
         self.text_final_layernorm = (
             nn.LayerNorm(text.hidden_size, eps=text.layer_norm_eps) if text.final_layernorm else nn.Identity()
         )
         if config.visual_input == "regions":
-            self.image_embeddings = VLPRegionEmbeddings(
-                config.visual_feat_dim, config.visual_pos_dim, vision.hidden_size, vision.layer_norm_eps, average=True,
-                dropout=vision.hidden_dropout, projection_names=("feat_proj", "box_proj"),
-            )  # fmt: skip
+            self.image_embeddings = region_embeddings(config)  # LXMERT's or ViLBERT's
             self.mask_token = None
         else:
             self.image_embeddings = VLPPatchEmbeddings(vision)
@@ -88,7 +87,7 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
             else nn.Identity()
         )
         self.fusion = VLPFusionEncoder(config)
-        self.pooler = VLPPooler(text.hidden_size) if config.fused_pooling == "pooler" else None
+        self.pooler = fused_pooler(config)
         self.text_projection = self.image_projection = self.logit_scale = None
         if config.projection_dim is not None:
             self.text_projection = nn.Linear(text.hidden_size, config.projection_dim)
@@ -108,16 +107,16 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> BaseModelOutput:
-        r"""The unimodal text encoder: `last_hidden_state` `(batch_size, text_length, text_hidden_size)`."""
+        r"""The unimodal text encoder: `last_hidden_state` `(batch_size, text_length, text_hidden_size)` (the embeddings
+        with `config.share_text_layers`, BLIP: see `modeling_fusion_shared`)."""
         check_input_ids(input_ids, attention_mask, token_type_ids)
         hidden_states = self.text_embeddings(input_ids, token_type_ids=token_type_ids)
         mask = self_attention_mask(
             self.config.text_config, attention_mask, input_ids.shape[1], hidden_states.dtype, hidden_states.device,
             is_causal=False,
         )  # fmt: skip
-        outputs = self.text_encoder(
-            hidden_states, mask, output_hidden_states=output_hidden_states, output_attentions=output_attentions
-        )
+        flags = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        outputs = encode_text_layers(self.text_encoder, self.config, hidden_states, mask, **flags)
         return BaseModelOutput(
             last_hidden_state=self.text_final_layernorm(outputs.last_hidden_state),
             hidden_states=outputs.hidden_states,
@@ -203,9 +202,12 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
                 "`projection_dim` to train one."
             )
 
-    def project_text(self, text_states: torch.Tensor) -> torch.Tensor:
-        """Unimodal text states (B, T, D) -> L2-normalised ITC embeddings (B, projection_dim) of the first token."""
+    def project_text(self, text_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Unimodal text states (B, T, D) -> L2-normalised ITC embeddings (B, projection_dim) of the first token
+        (with `config.share_text_layers` of the text layers run on them without cross-attention, which reads the
+        `(B, T)` mask)."""
         self._require_itc_head()
+        text_states = itc_text_states(self.text_encoder, self.config, text_states, attention_mask)
         return F.normalize(self.text_projection(text_states[:, 0]), dim=-1)
 
     def project_image(self, image_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -226,7 +228,7 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
         **kwargs,
     ) -> torch.Tensor:
         """L2-normalised ITC text embeddings (B, projection_dim)."""
-        return self.project_text(self.encode_text(input_ids, attention_mask, token_type_ids).last_hidden_state)
+        return self.project_text(self.encode_text(input_ids, attention_mask, token_type_ids)[0], attention_mask)
 
     def get_image_features(
         self,
@@ -278,17 +280,14 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
                 image_states.device, is_causal=False,
             )  # fmt: skip
         outputs = self.fusion(
-            text_states,
-            text_self_mask,
+            text_states, text_self_mask,
             key_padding_mask(text_attention_mask, image_states.dtype) if co_attention else None,
-            image_states,
-            image_self_mask,
-            key_padding_mask(image_attention_mask, dtype),
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
+            image_states, image_self_mask, key_padding_mask(image_attention_mask, dtype),
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            layers=self.text_encoder.layers if self.config.share_text_layers else None,  # BLIP: the text layers
+        )  # fmt: skip
         text_last = outputs.text_last_hidden_state
-        pooled = self.pooler(text_last) if self.pooler is not None else text_last[:, 0]
+        pooled = fused_pooled_output(self.pooler, text_last, outputs.image_last_hidden_state)
         return dataclasses.replace(outputs, pooler_output=pooled)  # in field order, as `to_tuple` reads it
 
     def forward(
@@ -334,7 +333,7 @@ class VLPFusionModel(VLPFusionPreTrainedModel):
 
         text_embeds = image_embeds = logit_scale = logits_per_image = logits_per_text = loss = None
         if self.text_projection is not None:
-            text_embeds = self.project_text(text.last_hidden_state)
+            text_embeds = self.project_text(text.last_hidden_state, attention_mask)
             image_embeds = self.project_image(image.last_hidden_state, image.attention_mask)
             logit_scale = self.get_logit_scale()
             logits_per_image, logits_per_text = contrastive_logits(image_embeds, text_embeds, logit_scale)
@@ -380,7 +379,7 @@ class VLPFusionWithITMHead(VLPFusionPreTrainedModel):
     def __init__(self, config: VLPFusionConfig):
         super().__init__(config)
         self.vlp = VLPFusionModel(config)
-        self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
+        self.itm_head = nn.Linear(config.fused_pooled_size, 2)
 
     def itm_logits_for_pairs(
         self,
@@ -421,7 +420,7 @@ class VLPFusionForPreTraining(VLPFusionWithITMHead):
         else:
             self.patch_head = nn.Linear(vision.hidden_size, vision.patch_size**2 * vision.num_channels)
         self.answer_head = (
-            VLPAnswerHead(text.hidden_size, config.num_labels, text.layer_norm_eps)
+            fusion_answer_head(config)
             if config.pretraining_answer_head
             else None
         )
@@ -546,9 +545,8 @@ class VLPFusionForQuestionAnswering(VLPFusionPreTrainedModel):
 
     def __init__(self, config: VLPFusionConfig):
         super().__init__(config)
-        text = config.text_config
         self.vlp = VLPFusionModel(config)
-        self.answer_head = VLPAnswerHead(text.hidden_size, config.num_labels, text.layer_norm_eps)
+        self.answer_head = fusion_answer_head(config)
         self.post_init()
 
     def forward(

@@ -18,6 +18,7 @@ from .modeling_base import (
     VLPRetrievalOutput,
     encoder_auto_map,
 )
+from .modeling_fusion_coattention import VLPCoAttentionBlock, fusion_stream_config
 from .modeling_layers import (
     VLPAttention,
     VLPPredictionHeadTransform,
@@ -71,9 +72,9 @@ class VLPFusionFuseOutput(ModelOutput):
         The fused text stream.
     image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_hidden_size)`):
         The fused image stream (co-attention); None for merge fusion, which leaves the image stream unchanged.
-    pooler_output (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`):
-        The fused text [CLS], through BERT's pooler (`fused_pooling="pooler"`, LXMERT) or as is ("first", ALBEF):
-        what the ITM and VQA heads read.
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, config.fused_pooled_size)`):
+        The fused text [CLS], through BERT's pooler (`fused_pooling="pooler"`, LXMERT) or as is ("first", ALBEF), or
+        both streams' poolers multiplied (ViLBERT) or concatenated (METER): what the ITM and VQA heads read.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*):
         The text stream entering the fusion and after each fusion layer.
     image_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
@@ -103,8 +104,8 @@ class VLPFusionModelOutput(VLPContrastiveOutput):
         The fused text stream (LXMERT's `language_output`).
     image_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_hidden_size)`):
         The fused image stream (LXMERT's `vision_output`); for merge fusion the image encoder's output.
-    pooler_output (`torch.FloatTensor` of shape `(batch_size, text_hidden_size)`):
-        The fused text [CLS] the ITM / VQA heads read (LXMERT's `pooled_output`).
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, config.fused_pooled_size)`):
+        The pooled fusion output the ITM / VQA heads read (LXMERT's `pooled_output`).
     text_unimodal_state (`torch.FloatTensor` of shape `(batch_size, text_length, text_hidden_size)`):
         The unimodal text encoder's output, what `fuse` reads (objectives fuse other pairings of it: hard negatives).
     image_unimodal_state (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_hidden_size)`):
@@ -225,11 +226,27 @@ class VLPCoAttentionLayer(nn.Module):
 
     The order is LXMERT's cross -> self -> FFN or METER's self -> cross -> FFN (`config.co_attention_order`). With
     `config.share_cross_attention` one cross-attention module (and its LayerNorm) serves both directions (LXMERT).
+    ViLBERT's order ("cross_ffn_first") is a co-attention block per stream (`text_cross`, `image_cross`: cross-
+    attention + FFN) and then a plain layer per stream (`text_layer`, `image_layer`: self-attention + FFN).
     """
 
     def __init__(self, config: VLPFusionConfig):
         super().__init__()
-        text, vision = config.text_config, config.vision_config
+        text = fusion_stream_config(config.text_config, config)
+        vision = fusion_stream_config(config.vision_config, config)
+        self.text_cross = self.image_cross = None
+        if config.co_attention_order == "cross_ffn_first":
+            size, heads, pre_norm = config.co_attention_hidden_size, config.co_attention_num_heads, config.fusion_pre_norm
+            self.text_cross = VLPCoAttentionBlock(
+                text, vision.hidden_size, size or text.hidden_size, heads or text.num_attention_heads, pre_norm
+            )
+            self.image_cross = VLPCoAttentionBlock(
+                vision, text.hidden_size, size or vision.hidden_size, heads or vision.num_attention_heads, pre_norm
+            )
+            self.text_layer = VLPTransformerLayer(text, pre_norm=pre_norm)
+            self.image_layer = VLPTransformerLayer(vision, pre_norm=pre_norm)
+            self.cross_attn = self.layer_norm_cross = None
+            return
         shared = config.share_cross_attention
         order = dict(
             cross_attention_first=config.co_attention_order == "cross_first",
@@ -257,6 +274,12 @@ class VLPCoAttentionLayer(nn.Module):
         image_self_mask,
         image_keys_mask,
     ):
+        if self.text_cross is not None:  # ViLBERT: both co-attention blocks read the layer's inputs
+            new_text, cross_weights = self.text_cross(text_states, image_states, image_keys_mask)
+            new_image, _ = self.image_cross(image_states, text_states, text_keys_mask)
+            new_text, text_weights, _ = self.text_layer(new_text, text_self_mask)
+            new_image, _, _ = self.image_layer(new_image, image_self_mask)
+            return new_text, new_image, text_weights, cross_weights
         shared = (self.cross_attn, self.layer_norm_cross) if self.cross_attn is not None else None
         new_text, text_weights, cross_weights = self.text_layer(
             text_states,
@@ -277,11 +300,17 @@ class VLPCoAttentionLayer(nn.Module):
 
 class VLPFusionEncoder(nn.Module):
     """`num_fusion_layers` co-attention layers, or merge layers (text self-attention + cross-attention to the image
-    + FFN, ALBEF)."""
+    + FFN, ALBEF). METER's input maps (`config.cross_modal_transform`: `text_transform`, `image_transform`) and
+    type embeddings (`config.fusion_token_type_embeddings`: 0 text, 1 image) apply to the streams entering it."""
 
     def __init__(self, config: VLPFusionConfig):
         super().__init__()
         self.fusion_type = config.fusion_type
+        text_width, image_width = config.text_config.hidden_size, config.vision_config.hidden_size
+        transform = config.cross_modal_transform
+        self.text_transform = nn.Linear(text_width, text_width) if transform else None
+        self.image_transform = nn.Linear(image_width, image_width) if transform else None
+        self.token_type_embeddings = nn.Embedding(2, text_width) if config.fusion_token_type_embeddings else None
         if config.fusion_type == "merge":
             layers = [
                 VLPTransformerLayer(
@@ -298,13 +327,20 @@ class VLPFusionEncoder(nn.Module):
     def forward(
         self,
         text_states, text_self_mask, text_keys_mask, image_states, image_self_mask, image_keys_mask,
-        output_hidden_states: bool = False, output_attentions: bool = False,
+        output_hidden_states: bool = False, output_attentions: bool = False, layers: nn.ModuleList | None = None,
     ) -> VLPFusionFuseOutput:  # fmt: skip
+        r"""layers: merge layers to run instead of this encoder's own (BLIP's, `share_text_layers`: the text
+        encoder's, which cross-attend)."""
         co_attention = self.fusion_type == "co_attention"
+        if self.text_transform is not None:
+            text_states, image_states = self.text_transform(text_states), self.image_transform(image_states)
+        if self.token_type_embeddings is not None:
+            types = self.token_type_embeddings.weight
+            text_states, image_states = text_states + types[0], image_states + types[1]
         text_hidden = (text_states,) if output_hidden_states else None
         image_hidden = (image_states,) if output_hidden_states and co_attention else None
         self_weights, cross_weights = ((), ()) if output_attentions else (None, None)
-        for layer in self.layers:
+        for layer in self.layers if layers is None else layers:
             if co_attention:
                 text_states, image_states, weights, cross = layer(
                     text_states,

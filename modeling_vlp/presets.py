@@ -171,9 +171,10 @@ PRESETS: dict[str, tuple[type, dict]] = {
             num_object_labels=1600, num_attribute_labels=400, num_labels=9500, pretraining_answer_head=True,
         ),
     ),  # fmt: skip
-    # ViLBERT: BERT-base text (6 text-only layers, then 6 with co-attention), a 1024-wide region stream on 2048-d
-    # features + 5-d boxes (x1, y1, x2, y2, area). Co-attention here is METER-ordered; ViLBERT's own layer has no
-    # self-attention inside the co-attention block, and its pooled output multiplies both streams'.
+    # ViLBERT (config/bert_base_6layer_6conect.json): BERT-base text (6 text-only layers, then 6 fusion layers), a
+    # 1024-wide region stream on 2048-d features + 5-d boxes (x1, y1, x2, y2, area), embedded as LayerNorm(features +
+    # boxes). Each fusion layer is ViLBERT's co-attention block (cross-attention at 1024 wide, 8 heads, + FFN) then
+    # a plain layer per stream; the pooled output multiplies both streams' ReLU poolers (1024 wide).
     "vilbert-base": (
         VLPFusionConfig,
         dict(
@@ -181,12 +182,16 @@ PRESETS: dict[str, tuple[type, dict]] = {
             vision_config=dict(_LXMERT_REGIONS, hidden_size=1024, intermediate_size=1024, num_hidden_layers=0,
                                num_attention_heads=8),
             visual_input="regions", visual_feat_dim=2048, visual_pos_dim=5, fusion_type="co_attention",
-            num_fusion_layers=6, co_attention_order="self_first", fused_pooling="pooler", projection_dim=None,
-            image_embed_pooling="first", num_object_labels=1601, region_losses=["obj"], num_labels=3129,
+            num_fusion_layers=6, co_attention_order="cross_ffn_first", co_attention_hidden_size=1024,
+            co_attention_num_heads=8, fused_pooling="text_image_product", region_embedding_norm="sum",
+            projection_dim=None, image_embed_pooling="first", num_object_labels=1601, region_losses=["obj"],
+            num_labels=3129,
         ),
     ),  # fmt: skip
     # ALBEF: ViT-B/16, 6 BERT text layers + 6 merge layers (text self-attention + cross-attention to the image), ITC
-    # on 256-d projections with a learned temperature initialised at 0.07 (clamped to [0.001, 0.5] in ALBEF).
+    # on 256-d projections with a learned temperature initialised at 0.07 (clamped to [0.001, 0.5] in ALBEF; here
+    # exp(logit_scale) <= 1000). ALBEF's computation exactly: `vlp convert albef` matches torchmultimodal's and
+    # ALBEF's own code within 1e-5 (ALBEF pretrains at 256 px; the converter reads the size off the weights).
     "albef-base": (
         VLPFusionConfig,
         dict(
@@ -195,14 +200,18 @@ PRESETS: dict[str, tuple[type, dict]] = {
             logit_scale_max=1000.0,
         ),
     ),  # fmt: skip
-    # METER (CLIP-ViT-B/16 + RoBERTa-base): 6 post-norm co-attention layers, self-attention first, on both 768-d
-    # streams; its [CLS] of the two streams are pooled and concatenated for ITM, here the text pooler alone.
+    # METER (CLIP-ViT-B/16 + RoBERTa-base): each stream mapped by a Linear and given a token type embedding, then 6
+    # post-norm co-attention layers, self-attention first, on both 768-d streams, BERT-configured (gelu, LayerNorm eps
+    # 1e-12, dropout 0.1) in both; ITM and VQA read the concatenated poolers of both streams' first tokens (1536
+    # wide), the VQA head as METER's vqa_classifier (Linear(1536, 1536), LayerNorm, GELU, Linear).
     "meter-base": (
         VLPFusionConfig,
         dict(
             text_config=_ROBERTA_BASE, vision_config=_CLIP_VIT_B_16, visual_input="patches",
             fusion_type="co_attention", num_fusion_layers=6, co_attention_order="self_first", fusion_pre_norm=False,
-            fused_pooling="pooler", projection_dim=None, num_labels=3129,
+            fusion_hidden_act="gelu", fusion_layer_norm_eps=1e-12, fusion_dropout=0.1, cross_modal_transform=True,
+            fusion_token_type_embeddings=True, fused_pooling="text_image_concat", projection_dim=None,
+            num_labels=3129, answer_head_size=1536, answer_head_norm_first=True,
         ),
     ),  # fmt: skip
     # The CPU default of `vlp pretrain --family fusion`; the text vocabulary is set by the tokenizer.

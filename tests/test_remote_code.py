@@ -18,12 +18,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # family: (preset, model class, line budget of the shipped .py files). Budgets are the figures at the config split
 # (dual 1523, fusion 2445, unified 2155, captioning 2247 lines) plus about 10%; the dual encoder's was raised to its
-# 1676 lines with pretrained towers, locking and patch dropout (issue 14) plus 10%.
+# 1676 lines with pretrained towers, locking and patch dropout (issue 14) plus 10%; the captioning family's to 2600
+# for open_clip's CoCa (attentional pooler, CLS token, separate cross-attention layers; 2552 lines, issue 17); the
+# fusion family's to 3000 for ViLBERT's and METER's own fusion pieces (modeling_fusion_coattention.py and their
+# config options, about 270 lines; 2899 lines with the other engineers' issue-17 changes).
 FAMILIES = {
     "dual": ("dual-tiny", "VLPDualEncoderModel", 1850),
-    "fusion": ("fusion-tiny", "VLPFusionForPreTraining", 2700),
+    "fusion": ("fusion-tiny", "VLPFusionForPreTraining", 3000),
     "unified": ("unified-tiny", "VLPUnifiedForPreTraining", 2380),
-    "captioning": ("captioning-tiny", "VLPForConditionalGeneration", 2480),
+    "captioning": ("captioning-tiny", "VLPForConditionalGeneration", 2600),
 }
 MODEL_LAYER_PREFIXES = ("configuration_", "modeling_")
 MODEL_LAYER_FILES = {"losses.py", "transformers_compat.py"}

@@ -11,6 +11,7 @@ from .captioning import (
     evaluate_captioning,
     generate_captions,
 )
+from .clip_benchmark import load_modeling_vlp, to_clip_benchmark_metrics
 from .embeddings import (
     build_zero_shot_classifier,
     encode_images,
@@ -85,10 +86,12 @@ __all__ = [
     "generate_captions",
     "image_text_match_matrix",
     "image_text_match_scores",
+    "load_modeling_vlp",
     "retrieval_chance_levels",
     "retrieval_grid",
     "retrieval_metrics",
     "retrieval_texts",
+    "to_clip_benchmark_metrics",
     "topk_accuracy",
     "vqa_accuracy",
     "vqa_compute_metrics",

@@ -1,17 +1,25 @@
 """Dual-encoder evaluation: batched, L2-normalised image and text embeddings, the prompt-ensembled zero-shot
 classifier and `evaluate_dual_encoder` (retrieval and zero-shot metrics of a split), used by `vlp pretrain` and
-`vlp evaluate`; also the model helpers (`_eval_mode`, device, dtype) that the other evaluation modules share."""
+`vlp evaluate`, and the dataset-wide class list of zero-shot (`zero_shot_class_labels`); also the model helpers
+(`_eval_mode`, device, dtype) that the other evaluation modules share."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import datasets
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.scenes import ZERO_SHOT_TEMPLATES
-from .ranking import retrieval_chance_levels, retrieval_metrics, zero_shot_accuracy
+from .ranking import (
+    majority_class_accuracy,
+    retrieval_chance_levels,
+    retrieval_metrics,
+    retrieval_tie_counts,
+    zero_shot_accuracy,
+)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -198,8 +206,11 @@ def evaluate_dual_encoder(
     any object with `image_processor` and `tokenizer` attributes).
 
     Returns a flat dict of floats: the `retrieval_metrics` keys, `chance_i2t_r@k` and
-    `chance_t2i_r@k`, `num_images`, `num_texts`, and when classifying `zero_shot_top1`,
-    `zero_shot_top5`, `zero_shot_chance_top1`, `zero_shot_chance_top5` and `num_classes`.
+    `chance_t2i_r@k`, `i2t_tied_queries` and `t2i_tied_queries` (`retrieval_tie_counts`: queries
+    whose rank a tie decided, counted as misses), `num_images`, `num_texts`, and when classifying
+    `zero_shot_top1`, `zero_shot_top5`, their uniform chance `zero_shot_chance_top1` /
+    `zero_shot_chance_top5`, `zero_shot_majority_class_accuracy` (always answering the split's most
+    frequent class) and `num_classes`.
     """
     for column in ("image", "caption"):
         if column not in eval_dataset.column_names:
@@ -213,8 +224,10 @@ def evaluate_dual_encoder(
     texts, text_to_image = retrieval_texts(eval_dataset)
     text_embeds = encode_texts(model, tokenizer, texts, batch_size, device, show_progress)
 
-    metrics = retrieval_metrics(image_embeds @ text_embeds.T, text_to_image, ks)
+    similarity = image_embeds @ text_embeds.T
+    metrics = retrieval_metrics(similarity, text_to_image, ks)
     metrics.update(retrieval_chance_levels(text_to_image, len(image_embeds), ks))
+    metrics.update(retrieval_tie_counts(similarity, text_to_image))
     metrics["num_images"] = float(len(image_embeds))
     metrics["num_texts"] = float(len(texts))
 
@@ -223,9 +236,28 @@ def evaluate_dual_encoder(
         class_names = label_feature.names
     if class_names is not None and "label" in eval_dataset.column_names:
         classifier = build_zero_shot_classifier(model, tokenizer, class_names, templates, batch_size, device)
-        accuracy = zero_shot_accuracy(image_embeds, classifier, list(eval_dataset["label"]), ks=(1, 5))
+        labels = list(eval_dataset["label"])
+        accuracy = zero_shot_accuracy(image_embeds, classifier, labels, ks=(1, 5))
         for k in (1, 5):
             metrics[f"zero_shot_top{k}"] = accuracy[f"top{k}"]
             metrics[f"zero_shot_chance_top{k}"] = float(100 * min(k, len(class_names)) / len(class_names))
+        metrics["zero_shot_majority_class_accuracy"] = majority_class_accuracy(labels, len(class_names))
         metrics["num_classes"] = float(len(class_names))
     return metrics
+
+
+def zero_shot_class_labels(splits, label_column: str = "label"):
+    """`splits` (a `DatasetDict`) with a label column of class-name strings cast to a `ClassLabel` whose names are
+    the sorted names found in *every* split, so that zero-shot classification of one split chooses among the whole
+    dataset's classes (a class missing from the evaluated split is still a wrong answer the model can give) and the
+    class indices agree across splits. A `ClassLabel` column (names already dataset-wide), a split without the column
+    or a column of other values are left as they are."""
+    with_column = {name: split for name, split in splits.items() if label_column in split.column_names}
+    features = [split.features[label_column] for split in with_column.values()]
+    strings = all(isinstance(f, datasets.Value) and f.dtype in ("string", "large_string") for f in features)
+    if not with_column or not strings:
+        return splits
+    names = sorted(set().union(*(split.unique(label_column) for split in with_column.values())) - {None})
+    label = datasets.ClassLabel(names=names)
+    cast = {name: split.cast_column(label_column, label) for name, split in with_column.items()}
+    return datasets.DatasetDict({name: cast.get(name, split) for name, split in splits.items()})

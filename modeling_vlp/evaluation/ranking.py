@@ -1,10 +1,12 @@
 """Ranking metrics over score matrices, written once in plain torch: retrieval Recall@k and ranks, their chance
-levels, zero-shot and top-k accuracy (the `evaluate` modules in `metrics/` wrap these functions).
+levels, how many queries are tied, zero-shot and top-k accuracy and the majority-class baseline (the `evaluate`
+modules in `metrics/` wrap these functions).
 
 Ranking convention, used everywhere: the rank of the ground truth is 1 + the number of wrong candidates scoring *at
 least* as high as the best ground-truth candidate. Ties therefore count against the model (a constant similarity
 scores 0 at R@1, not 100), and when an item has several ground truths (an image with five captions), only the
-best-placed one counts, as in the Flickr30k / COCO protocol.
+best-placed one counts, as in the Flickr30k / COCO protocol. `retrieval_tie_counts` says how many queries such a tie
+decided (`i2t_tied_queries`, `t2i_tied_queries`), so that a report can show when the pessimistic convention matters.
 """
 
 from __future__ import annotations
@@ -38,15 +40,25 @@ def _as_index_tensor(name: str, value, length: int, upper: int) -> torch.Tensor:
         raise ValueError(f"{name} must hold indices in [0, {upper}), got values in [{tensor.min()}, {tensor.max()}]")
     return tensor
 
-def _ranks(scores: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
-    """1-based rank of the best target in each row of `scores`, ties counting against it."""
-    ranks = []
+def _ranks_and_ties(scores: torch.Tensor, is_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based rank of the best target in each row of `scores`, ties counting against it, and whether a wrong
+    candidate scores exactly as the best target (the rank is then ambiguous: another tie-break would place it
+    higher)."""
+    ranks, ties = [], []
     for start in range(0, scores.shape[0], _RANK_CHUNK):
         rows = scores[start : start + _RANK_CHUNK]
         targets = is_target[start : start + _RANK_CHUNK]
         best = rows.masked_fill(~targets, -math.inf).amax(dim=1, keepdim=True)
         ranks.append(1 + ((rows >= best) & ~targets).sum(dim=1))
-    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+        ties.append(((rows == best) & ~targets).any(dim=1))
+    if not ranks:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(ranks), torch.cat(ties)
+
+
+def _ranks(scores: torch.Tensor, is_target: torch.Tensor) -> torch.Tensor:
+    """1-based rank of the best target in each row of `scores`, ties counting against it."""
+    return _ranks_and_ties(scores, is_target)[0]
 
 def _recall(ranks: torch.Tensor, k: int) -> float:
     return float((ranks <= k).double().mean() * 100)
@@ -69,9 +81,31 @@ def retrieval_metrics(
         `i2t_r@k`: % of images with at least one of their texts in the top k texts.
         `t2i_r@k`: % of texts whose image is in the top k images.
         `i2t_mean_rank`, `t2i_mean_rank`, `i2t_median_rank`, `t2i_median_rank`: 1-based rank of the
-            best ground truth (see the module docstring for ties).
+            best ground truth.
         `rsum`: the sum of all recalls above.
+
+    A tie counts as a miss: a wrong candidate scoring exactly as the best ground truth is ranked above it (a
+    constant similarity scores 0 at R@1). `retrieval_tie_counts` says how many queries that decided.
     """
+    if any(int(k) < 1 for k in ks):
+        raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+    (i2t_ranks, _), (t2i_ranks, _) = _both_directions(similarity, text_to_image, text_to_image_scores)
+
+    metrics = {}
+    for k in ks:
+        metrics[f"i2t_r@{k}"] = _recall(i2t_ranks, k)
+    for k in ks:
+        metrics[f"t2i_r@{k}"] = _recall(t2i_ranks, k)
+    metrics["i2t_mean_rank"] = float(i2t_ranks.double().mean())
+    metrics["t2i_mean_rank"] = float(t2i_ranks.double().mean())
+    metrics["i2t_median_rank"] = float(np.median(i2t_ranks.numpy()))
+    metrics["t2i_median_rank"] = float(np.median(t2i_ranks.numpy()))
+    metrics["rsum"] = float(sum(metrics[f"{d}_r@{k}"] for d in ("i2t", "t2i") for k in ks))
+    return metrics
+
+
+def _both_directions(similarity, text_to_image, text_to_image_scores=None):
+    """((image->text ranks, ties), (text->image ranks, ties)) of `retrieval_metrics`' arguments, checked."""
     scores = _as_float_tensor("similarity", similarity)
     if scores.dim() != 2:
         raise ValueError(f"similarity must have shape (num_images, num_texts), got {tuple(scores.shape)}")
@@ -79,8 +113,6 @@ def retrieval_metrics(
     if num_images == 0 or num_texts == 0:
         raise ValueError(f"similarity must be non-empty, got shape {tuple(scores.shape)}")
     targets = _as_index_tensor("text_to_image", text_to_image, num_texts, num_images)
-    if any(int(k) < 1 for k in ks):
-        raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
     image_has_text = torch.zeros(num_images, dtype=torch.bool)
     image_has_text[targets] = True
     if not image_has_text.all():
@@ -99,20 +131,21 @@ def retrieval_metrics(
             )
 
     image_text_match = targets.unsqueeze(0) == torch.arange(num_images).unsqueeze(1)  # (I, T)
-    i2t_ranks = _ranks(scores, image_text_match)
-    t2i_ranks = _ranks(t2i_scores, image_text_match.T)
+    return _ranks_and_ties(scores, image_text_match), _ranks_and_ties(t2i_scores, image_text_match.T)
 
-    metrics = {}
-    for k in ks:
-        metrics[f"i2t_r@{k}"] = _recall(i2t_ranks, k)
-    for k in ks:
-        metrics[f"t2i_r@{k}"] = _recall(t2i_ranks, k)
-    metrics["i2t_mean_rank"] = float(i2t_ranks.double().mean())
-    metrics["t2i_mean_rank"] = float(t2i_ranks.double().mean())
-    metrics["i2t_median_rank"] = float(np.median(i2t_ranks.numpy()))
-    metrics["t2i_median_rank"] = float(np.median(t2i_ranks.numpy()))
-    metrics["rsum"] = float(sum(metrics[f"{d}_r@{k}"] for d in ("i2t", "t2i") for k in ks))
-    return metrics
+
+def retrieval_tie_counts(similarity, text_to_image, text_to_image_scores=None) -> dict[str, float]:
+    """How many queries a tie decided, in each direction: `i2t_tied_queries` (images whose best own caption scores
+    exactly as some other image's caption) and `t2i_tied_queries` (texts whose image scores exactly as another
+    image). Their rank is ambiguous, and `retrieval_metrics` resolves it against the model: the tied wrong candidates
+    are ranked first, so a tie at the top is a miss at R@1. Arguments as `retrieval_metrics`'."""
+    (_, i2t_ties), (_, t2i_ties) = _both_directions(similarity, text_to_image, text_to_image_scores)
+    return {"i2t_tied_queries": float(i2t_ties.sum()), "t2i_tied_queries": float(t2i_ties.sum())}
+
+
+def image_to_text_ranks(similarity, text_to_image) -> torch.Tensor:
+    """`(num_images,)` 1-based rank of each image's best-placed own caption, as `retrieval_metrics` counts it."""
+    return _both_directions(similarity, text_to_image)[0][0]
 
 def retrieval_chance_levels(text_to_image, num_images: int, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Expected recall@k (%) of a model that ranks candidates uniformly at random.
@@ -135,6 +168,20 @@ def retrieval_chance_levels(text_to_image, num_images: int, ks: Sequence[int] = 
     for k in ks:
         levels[f"chance_t2i_r@{k}"] = float(Fraction(100 * min(k, num_images), num_images))
     return levels
+
+def majority_class_accuracy(labels, num_classes: int | None = None) -> float:
+    """Accuracy (%) of always answering the most frequent class of `labels` (the evaluated split's): the baseline a
+    classifier must beat on an unbalanced split, where uniform chance (1 / num_classes) is too low a bar."""
+    targets = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).flatten()
+    if targets.numel() == 0:
+        raise ValueError("labels is empty")
+    if targets.is_floating_point() or targets.dtype == torch.bool or bool((targets < 0).any()):
+        raise ValueError(f"labels must hold non-negative class indices, got dtype {targets.dtype}")
+    if num_classes is not None and int(targets.max()) >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got up to {int(targets.max())}")
+    counts = torch.bincount(targets.long())
+    return float(Fraction(100 * int(counts.max()), targets.numel()))
+
 
 def zero_shot_accuracy(image_embeds, class_text_embeds, labels, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-k zero-shot classification accuracy (%) as `{"top1": ..., "top5": ...}`.

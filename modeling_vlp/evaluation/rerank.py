@@ -179,7 +179,7 @@ def encode_fusion_candidates(
         text_states.append(states)
         text_masks.append(chunk.get("attention_mask", torch.ones(states.shape[:2], dtype=torch.long, device=device)))
         if has_itc:
-            text_embeds.append(vlp.project_text(states))
+            text_embeds.append(vlp.project_text(states, chunk.get("attention_mask")))
     similarity = (torch.cat(image_embeds) @ torch.cat(text_embeds).t()).float() if has_itc else None
     return FusionCandidates(
         torch.cat(image_states), torch.cat(image_masks), torch.cat(text_states), torch.cat(text_masks), similarity

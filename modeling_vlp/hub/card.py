@@ -106,8 +106,11 @@ def _preprocessor_class(folder: str) -> str | None:
     return None
 
 
-# Values of eval_results.json that describe the run or the data rather than measure the model.
-_BOOKKEEPING = re.compile(r"^(global_step|epoch|num_.*|.*runtime|.*_per_second|.*chance.*)$")
+# Values of eval_results.json that describe the run or the data rather than measure the model (baselines included:
+# chance, the majority-class accuracy, how many queries a tie decided).
+_BOOKKEEPING = re.compile(
+    r"^(global_step|epoch|num_.*|.*runtime|.*_per_second|.*chance.*|.*majority_class_accuracy|.*tied_queries)$"
+)
 
 
 def _is_measurement(name: str, value) -> bool:

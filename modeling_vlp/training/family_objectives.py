@@ -44,7 +44,9 @@ class VLPObjectiveArguments:
         of another image from the global batch for image-text matching (ViLT and UNITER use one half).
     momentum_distill: (fusion models) ALBEF's momentum distillation: an EMA copy of the model gives soft ITC and MLM
         targets, mixed with the one-hot ones with weight `distill_alpha`, and its features fill queues of `queue_size`
-        extra contrastive negatives. `momentum` is the EMA decay per optimizer step.
+        extra contrastive negatives. `momentum` is the EMA decay per optimizer step. `distill_warmup_steps` ramps the
+        weight linearly from 0 to `distill_alpha` over that many optimizer steps (ALBEF: the first epoch); None is one
+        epoch where its length is known (`vlp pretrain` sets it from the training set), else no warm-up; 0: none.
     accum_freq: open_clip's `--accum-freq`: each optimizer step draws `accum_freq` batches of the per-device batch
         size B (the dataloader yields K x B rows) and computes one contrastive loss over all K x B pairs (gathered
         across ranks), keeping only one micro-batch's graph in memory at a time (`accumulation.py`): the contrastive
@@ -61,6 +63,7 @@ class VLPObjectiveArguments:
     momentum_distill: bool = False
     momentum: float = 0.995
     distill_alpha: float = 0.4
+    distill_warmup_steps: int | None = None
     queue_size: int = 4096
     accum_freq: int = 1
     # Set by VLPTrainer when `momentum_distill` is on: the EMA teacher and its queues (momentum.py).
@@ -91,6 +94,8 @@ class VLPObjectiveArguments:
                 f"{sorted(_ACCUMULATED - {'itc'})} (averaged over the micro-batches; itm draws its negatives from the "
                 "whole batch)."
             )
+        if self.distill_warmup_steps is not None and self.distill_warmup_steps < 0:
+            raise ValueError(f"`distill_warmup_steps` must be >= 0 (0: no warm-up), got {self.distill_warmup_steps}.")
         if self.accum_freq > 1 and self.momentum_distill:
             raise ValueError(
                 f"`--accum-freq {self.accum_freq}` with --momentum-distill: the teacher's queue and soft targets are "
@@ -280,7 +285,7 @@ def fusion_itc_objective(
         positives = (image_ids[:, None] == all_ids[None, :]).float()
         hard_targets = positives / positives.sum(dim=1, keepdim=True)
         scale = outputs.logit_scale.detach()
-        alpha = distiller.alpha
+        alpha = distiller.alpha_at(args.distill_warmup_steps)
         i2t_targets = alpha * torch.softmax(scale * teacher.image_embeds @ all_texts.t(), dim=1) + (1 - alpha) * hard_targets
         t2i_targets = alpha * torch.softmax(scale * teacher.text_embeds @ all_images.t(), dim=1) + (1 - alpha) * hard_targets
     loss_i2t = soft_cross_entropy(outputs.logit_scale * outputs.image_embeds @ all_texts.t(), i2t_targets)
@@ -306,7 +311,8 @@ def fusion_mlm_objective(
         return loss
     teacher_probs = torch.softmax(inputs["teacher_outputs"].mlm_logits[masked].float(), dim=-1)
     distill = soft_cross_entropy(outputs.mlm_logits[masked].float(), teacher_probs)
-    return (1 - distiller.alpha) * loss + distiller.alpha * distill
+    alpha = distiller.alpha_at(args.distill_warmup_steps)
+    return (1 - alpha) * loss + alpha * distill
 
 
 mlm_objective = model_loss("mlm", "`mlm_labels` (VLPPretrainingCollator with mlm_probability > 0)")

@@ -11,6 +11,7 @@ import copy
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .distributed import all_gather_features
 
@@ -27,6 +28,9 @@ class MomentumDistiller:
             whole batches in it.
         alpha: weight of the teacher's soft targets against the one-hot ones (ALBEF 0.4).
         embed_dim: width of the ITC features that the queues hold.
+
+    `steps` counts the teacher's EMA updates (optimizer steps), saved with the teacher, so that the distillation
+    weight ramps up from 0 (`ramped_alpha`, ALBEF's first-epoch warm-up) across a resume.
     """
 
     def __init__(self, model: nn.Module, momentum: float = 0.995, queue_size: int = 4096, alpha: float = 0.4,
@@ -52,11 +56,19 @@ class MomentumDistiller:
         self.text_queue = self.text_queue.to(parameter.device)
         self.id_queue = torch.full((queue_size,), -1, dtype=torch.long, device=parameter.device)
         self.queue_pointer = 0
+        self.steps = 0
+
+    def alpha_at(self, warmup_steps: int | None) -> float:
+        """The distillation weight now: `alpha` ramped linearly from 0 over `warmup_steps` (see `ramped_alpha`)."""
+        return ramped_alpha(self.alpha, self.steps, warmup_steps)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """One EMA step of the teacher towards `model` (call after each optimizer step)."""
+        self.steps += 1
         for teacher_parameter, parameter in zip(self.teacher.parameters(), model.parameters()):
+            if isinstance(parameter, DTensor):  # FSDP2 holds this rank's shard: every rank gathers the whole
+                parameter = parameter.full_tensor()
             teacher_parameter.mul_(self.momentum).add_(parameter.detach(), alpha=1.0 - self.momentum)
 
     @torch.no_grad()
@@ -79,7 +91,7 @@ class MomentumDistiller:
         state = {f"teacher.{name}": value for name, value in self.teacher.state_dict().items()}
         state.update(
             image_queue=self.image_queue, text_queue=self.text_queue, id_queue=self.id_queue,
-            queue_pointer=torch.tensor(self.queue_pointer),
+            queue_pointer=torch.tensor(self.queue_pointer), steps=torch.tensor(self.steps),
         )  # fmt: skip
         return {name: value.detach().contiguous().cpu() for name, value in state.items()}
 
@@ -94,6 +106,8 @@ class MomentumDistiller:
                 )
             setattr(self, name, state[name].to(getattr(self, name).device))
         self.queue_pointer = int(state["queue_pointer"])
+        # A state saved before the step count was kept comes from a run past any warm-up.
+        self.steps = int(state["steps"]) if "steps" in state else _WARM
 
     def save(self, path: str) -> None:
         # Tied weights share storage; safetensors wants each tensor once.
@@ -103,9 +117,23 @@ class MomentumDistiller:
         self.load_state_dict(load_file(path))
 
 
+_WARM = 2**62
+
+
+def ramped_alpha(alpha: float, step: int, warmup_steps: int | None) -> float:
+    """ALBEF's distillation warm-up: `alpha * min(1, step / warmup_steps)`, so that the teacher's soft targets, which
+    start as the random model's, weigh nothing at the first step and `alpha` from `warmup_steps` on (ALBEF ramps
+    over the first epoch). `warmup_steps` None or 0: `alpha` from the start."""
+    if not warmup_steps:
+        return alpha
+    if warmup_steps < 0:
+        raise ValueError(f"`distill_warmup_steps` must be >= 0, got {warmup_steps}.")
+    return alpha * min(1.0, step / warmup_steps)
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean over rows of -sum(targets * log_softmax(logits)) (targets are distributions)."""
     return -(torch.log_softmax(logits, dim=-1) * targets).sum(dim=-1).mean()
 
 
-__all__ = ["MOMENTUM_STATE_NAME", "MomentumDistiller", "soft_cross_entropy"]
+__all__ = ["MOMENTUM_STATE_NAME", "MomentumDistiller", "ramped_alpha", "soft_cross_entropy"]

@@ -217,6 +217,10 @@ class VLPDualEncoderModel(VLPPreTrainedModel):
         self._eval_modules: list[str] = []
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        # The text tower's token embeddings, as CLIPModel / SiglipModel (accelerate's FSDP2 wrapping asks for them).
+        return self.text_model.get_input_embeddings()
+
     def train(self, mode: bool = True):
         """As `nn.Module.train`, but the modules a lock froze stay in eval mode (BatchNorm statistics and dropout of
         a locked tower; the Trainer calls `model.train()` every step)."""

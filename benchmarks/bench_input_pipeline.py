@@ -93,7 +93,13 @@ def _bytes_to_unicode():
 def open_clip_loader(pattern: str, batch_size: int, workers: int, samples: int):
     from open_clip import get_tokenizer
     from open_clip.transform import image_transform
-    from open_clip_train.data import get_wds_dataset
+    import open_clip_train.data as open_clip_data
+    from webdataset.tariterators import tar_file_expander
+
+    # webdataset 1.0 ends each shard with an empty marker that open_clip_train's group_by_keys_nothrow cannot take
+    # (KeyError 'fname'; webdataset #384, open_clip #935): the fix given there.
+    open_clip_data.tar_file_expander = lambda *args, **kwargs: tar_file_expander(*args, eof_value=None, **kwargs)
+    get_wds_dataset = open_clip_data.get_wds_dataset
 
     args = SimpleNamespace(
         train_data=pattern, val_data=None, train_num_samples=samples, dataset_resampled=False,

@@ -12,6 +12,7 @@ the corpus) and a small materialized evaluation split.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 
@@ -53,13 +54,18 @@ def _usable_rows(stream: ImageTextStream, limit: int) -> datasets.Dataset:
     rows, skipped = [], 0
     for row in stream:
         skipped += len(row.get("__skipped__", ()))
-        rows.append({"image": row["image"], "caption": row["caption"]})
+        rows.append(row)
         if len(rows) >= limit:
             break
     if skipped:
         logger.warning("Evaluation data: %d unusable rows skipped.", skipped)
     if not rows:
         raise ValueError("the evaluation data has no usable row")
+    return _evaluation_dataset(rows)
+
+
+def _evaluation_dataset(rows: list[dict]) -> datasets.Dataset:
+    """Checked rows (PIL `image`, `caption`) as an in-memory evaluation dataset."""
     return datasets.Dataset.from_dict(
         {"image": [row["image"] for row in rows], "caption": [row["caption"] for row in rows]},
         features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
@@ -97,42 +103,20 @@ class _Excluding(ShardSource):
 
 
 def _hold_out(source: ShardSource, num_validation: int) -> tuple[ShardSource, datasets.Dataset]:
-    """(training source, evaluation rows): the last shard when there are several, else the first rows."""
-    if len(source) > 1:
-        last = ShardSource(source.names[-1:], source.dataset) if source.dataset is None else None
-        if last is not None:
-            logger.warning("No validation shards: holding out the last shard, %s, for evaluation.", source.names[-1])
-            return ShardSource(source.names[:-1]), _usable_rows(_one_pass([last], shuffle=False), num_validation)
-    first = ShardSource(source.names[:1], source.dataset)
-    if source.dataset is not None:
-        first = _FirstShard(source)
-    held, wheres = [], set()
-    errors: list = []
-    for sample in first.read(0, errors):
-        wheres.add(sample["__where__"])
-        held.append(sample)
-        if len(held) >= num_validation:
-            break
+    """(training source, evaluation rows): the last webdataset shard when there are several, else the first rows."""
+    if len(source) > 1 and source.dataset is None:
+        logger.warning("No validation shards: holding out the last shard, %s, for evaluation.", source.names[-1])
+        last = ShardSource(source.names[-1:])
+        return ShardSource(source.names[:-1]), _usable_rows(_one_pass([last]), num_validation)
+    held = list(itertools.islice(source.read(0, []), num_validation))
     logger.warning("No validation split: holding out the first %d rows of %s for evaluation.", len(held), source.names[0])
-    rows = []
+    checker, rows = ImageTextStream([source], shuffle=False), []
     for sample in held:
         try:
-            rows.append(ImageTextStream([source], shuffle=False)._example(sample))
+            rows.append(checker._example(sample))
         except UnusableRow:
             continue
-    evaluation = datasets.Dataset.from_dict(
-        {"image": [row["image"] for row in rows], "caption": [row["caption"] for row in rows]},
-        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")}),
-    )
-    return _Excluding(source, wheres), evaluation
-
-
-class _FirstShard(ShardSource):
-    def __init__(self, source: ShardSource):
-        super().__init__(source.names, source.dataset)
-
-    def read(self, index, errors):
-        return super().read(0, errors)
+    return _Excluding(source, {sample["__where__"] for sample in held}), _evaluation_dataset(rows)
 
 
 def _streaming_dataset(path: str, image_column, text_column) -> dict[str, datasets.IterableDataset]:

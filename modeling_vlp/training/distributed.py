@@ -143,3 +143,17 @@ def own_class(module: nn.Module):
         yield module
     finally:
         module.__class__ = fsdp_class
+
+
+def drop_tied_copies(state_dict: dict | None, model: nn.Module) -> dict | None:
+    """FSDP gathers a full state dict tensor by tensor, so tied weights (the MLM decoder and the word embeddings)
+    arrive as separate, equal copies that `save_pretrained` no longer recognises as one (it looks for shared
+    storage) and saves twice. Drop the copies of tied targets that equal their source, as it would."""
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    if state_dict is None or not tied:
+        return state_dict
+    kept = dict(state_dict)
+    for target, source in tied.items():
+        if target in kept and source in kept and torch.equal(kept[target], kept[source]):
+            del kept[target]
+    return kept

@@ -30,7 +30,7 @@ from .accumulation import (
 )
 from .collators import SKIPPED_ROWS_KEY
 from .data_loading import SkippedRows, load_loader_state, save_loader_state, stream_loader
-from .distributed import enable_fsdp_on_cpu, own_class, replicate_scalar_parameters
+from .distributed import drop_tied_copies, enable_fsdp_on_cpu, own_class, replicate_scalar_parameters
 from .family_objectives import VLPObjectiveArguments, compute_objective_losses, forward_inputs, resolve_objectives
 from .momentum import MOMENTUM_STATE_NAME, MomentumDistiller
 
@@ -176,9 +176,11 @@ class VLPReportingTrainer(Trainer):
         return super()._prepare_inputs(inputs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # Under FSDP2 the model's class is torch's generated FSDP<Name>: save the code and auto_map of its own.
-        with own_class(self.accelerator.unwrap_model(self.model)):
-            super()._save(output_dir, state_dict=state_dict)
+        # Under FSDP2 the model's class is torch's generated FSDP<Name>: save the code and auto_map of its own, and
+        # the gathered full state dict once per tied weight.
+        model = self.accelerator.unwrap_model(self.model)
+        with own_class(model):
+            super()._save(output_dir, state_dict=drop_tied_copies(state_dict, model))
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if self.is_fsdp_enabled:

@@ -58,11 +58,6 @@ def _launch(mode: str, out_dir: Path) -> dict:
     return json.loads((out_dir / f"{mode}.json").read_text())
 
 
-def _losses(folder: Path) -> list[float]:
-    history = json.loads((folder / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
-
-
 @pytest.mark.slow  # runs torchrun twice
 def test_fsdp_trains_every_family_as_ddp_does(tmp_path):
     ddp = _launch("ddp", tmp_path)
@@ -105,7 +100,7 @@ def test_fsdp_trains_every_family_as_ddp_does(tmp_path):
 @pytest.mark.slow  # runs accelerate launch twice
 def test_accelerate_launch_with_an_fsdp_config_trains_as_torchrun_ddp(tmp_path):
     """The `accelerate launch --config_file` path (no --fsdp options): FSDP2 on the CPU processes, DDP's losses."""
-    from dist_fsdp import PER_DEVICE_BATCH, RUN
+    from dist_fsdp import PER_DEVICE_BATCH, RUN, _losses
 
     config = tmp_path / "fsdp.yaml"
     config.write_text(ACCELERATE_FSDP_CONFIG)
